@@ -1,0 +1,257 @@
+"""The one typed settings object, loaded once from TOML plus ``SPINE_AGENT_*`` environment overrides.
+
+Environment overrides use ``__`` between a section and a key, e.g. ``SPINE_AGENT_DICOM__PORT=11112`` or
+``SPINE_AGENT_LEDGER__URL=postgresql+psycopg://...``. Lists and tables take JSON:
+``SPINE_AGENT_DICOM__ALLOWED_CALLING_AES='["PACS1","PACS2"]'``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from config.errors import ConfigError
+
+#: Where ``serve`` and the other commands look when neither ``--config`` nor ``SPINE_AGENT_CONFIG`` is set.
+DEFAULT_CONFIG_PATH = Path("/etc/spine-agent/config.toml")
+
+# DICOM PS3.5 6.2: an AE title is 1-16 characters of the default repertoire, no backslash or controls.
+_AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")
+
+
+def _check_ae_title(value: str) -> str:
+    stripped = value.strip()
+    if not stripped or not _AE_TITLE.match(value):
+        raise ValueError("an AE title of 1-16 printable ASCII characters without backslash")
+    return stripped
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class TlsSettings(_Section):
+    """Optional DICOM TLS on the SCP."""
+
+    enabled: bool = False
+    certificate: Path | None = None
+    private_key: Path | None = None
+    #: CA bundle to verify client certificates with; unset = clients need no certificate.
+    client_ca: Path | None = None
+
+    @model_validator(mode="after")
+    def _needs_files(self) -> TlsSettings:
+        if self.enabled and (self.certificate is None or self.private_key is None):
+            raise ValueError("tls.enabled needs tls.certificate and tls.private_key")
+        return self
+
+
+class DicomSettings(_Section):
+    """The Storage SCP the PACS sends CT series to."""
+
+    ae_title: str = "SPINEAGENT"
+    bind_address: str = "0.0.0.0"
+    port: int = Field(default=11112, ge=1, le=65535)
+    #: Calling AE titles allowed to associate; empty = any calling AE (a warning is logged at start).
+    allowed_calling_aes: list[str] = Field(default_factory=list)
+    #: Peer IP addresses allowed to associate; empty = any host.
+    allowed_hosts: list[str] = Field(default_factory=list)
+    #: Reject associations whose called AE title is not ours.
+    require_called_ae: bool = True
+    max_associations: int = Field(default=10, ge=1)
+    #: Seconds a series must be quiet (no new instance) before it is queued (like Orthanc's StableAge).
+    stable_age_s: float = Field(default=30.0, gt=0)
+    #: A series with more instances than this is refused as a FAILED job.
+    max_series_instances: int = Field(default=3000, ge=1)
+    tls: TlsSettings = Field(default_factory=TlsSettings)
+
+    _ae = field_validator("ae_title")(classmethod(lambda cls, v: _check_ae_title(v)))
+
+    @field_validator("allowed_calling_aes")
+    @classmethod
+    def _aes(cls, value: list[str]) -> list[str]:
+        return [_check_ae_title(v) for v in value]
+
+
+class Destination(_Section):
+    """A DICOM node the results (SEG + SR) are sent to."""
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    ae_title: str
+    host: str = Field(min_length=1)
+    port: int = Field(ge=1, le=65535)
+
+    _ae = field_validator("ae_title")(classmethod(lambda cls, v: _check_ae_title(v)))
+
+
+class StorageSettings(_Section):
+    """Spool directory and disk limits."""
+
+    spool_dir: Path = Path("spine-agent-data/spool")
+    #: Below this many MiB free on the spool's file system the SCP answers 0xA700 (Out of Resources).
+    disk_reserve_mb: int = Field(default=2048, ge=0)
+
+
+class LedgerSettings(_Section):
+    """The job ledger database."""
+
+    #: SQLAlchemy URL: SQLite (default, WAL mode) or ``postgresql+psycopg://user@host/db``.
+    url: str = "sqlite:///spine-agent-data/ledger.sqlite3"
+    #: Seconds a claimed job's lease lasts; a crashed worker's job is reclaimed after it expires.
+    lease_s: float = Field(default=900.0, gt=0)
+    #: Attempts before a job is FAILED for good.
+    max_attempts: int = Field(default=3, ge=1)
+
+
+class EngineSettings(_Section):
+    """The two-stage vertebra engine."""
+
+    #: "auto" uses CUDA when present, else CPU.
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    #: Weights directory; unset = the newest version shipped in the package's ``weights/``.
+    weights_dir: Path | None = None
+
+
+class DeliverySettings(_Section):
+    """Sending results back; retries back off exponentially up to a cap."""
+
+    calling_ae_title: str = "SPINEAGENT"
+    retry_base_s: float = Field(default=10.0, gt=0)
+    retry_cap_s: float = Field(default=600.0, gt=0)
+    #: Attempts after which a delivery is given up (FAILED) when the peer keeps refusing.
+    max_attempts: int = Field(default=50, ge=1)
+
+    _ae = field_validator("calling_ae_title")(classmethod(lambda cls, v: _check_ae_title(v)))
+
+
+class RetentionSettings(_Section):
+    """Cleanup of finished jobs' spool and outputs."""
+
+    #: Finished jobs' files are removed after this many hours.
+    max_age_h: float = Field(default=72.0, gt=0)
+    #: When the spool's disk is fuller than this percentage, the oldest finished jobs go first.
+    high_watermark_percent: float = Field(default=90.0, gt=0, le=100)
+    #: How often the cleanup runs, in seconds.
+    interval_s: float = Field(default=600.0, gt=0)
+
+
+class HttpSettings(_Section):
+    """Health and Prometheus metrics endpoint."""
+
+    bind_address: str = "127.0.0.1"
+    #: 0 disables the HTTP endpoint.
+    port: int = Field(default=8080, ge=0, le=65535)
+
+
+class LoggingSettings(_Section):
+    """Log output."""
+
+    format: Literal["text", "json"] = "text"
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+class Settings(BaseSettings):
+    """Everything the agent can be configured with. Built by :func:`load_settings`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SPINE_AGENT_", env_nested_delimiter="__", extra="forbid", validate_assignment=True
+    )
+
+    dicom: DicomSettings = Field(default_factory=DicomSettings)
+    destinations: list[Destination] = Field(default_factory=list)
+    storage: StorageSettings = Field(default_factory=StorageSettings)
+    ledger: LedgerSettings = Field(default_factory=LedgerSettings)
+    engine: EngineSettings = Field(default_factory=EngineSettings)
+    delivery: DeliverySettings = Field(default_factory=DeliverySettings)
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
+    http: HttpSettings = Field(default_factory=HttpSettings)
+    logging: LoggingSettings = Field(default_factory=LoggingSettings)
+
+    @field_validator("destinations")
+    @classmethod
+    def _unique_names(cls, value: list[Destination]) -> list[Destination]:
+        names = [d.name for d in value]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"destination names must be unique, repeated: {', '.join(dupes)}")
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Environment first: SPINE_AGENT_* overrides what the TOML file (passed as init values) says.
+        return (env_settings, init_settings)
+
+
+def _describe(error: dict[str, Any]) -> str:
+    """One readable clause for a pydantic error: key, value, expectation."""
+    loc = ".".join(str(p) for p in error.get("loc", ()))
+    kind = error.get("type")
+    msg = str(error.get("msg", "invalid value"))
+    if kind == "extra_forbidden":
+        return f"{loc}: unknown key (check its spelling and section; `spine-agent config example` lists all)"
+    if kind == "missing":
+        return f"{loc}: required key is missing"
+    for prefix in ("Value error, ", "Input should be ", "Assertion failed, "):
+        if msg.startswith(prefix):
+            msg = msg[len(prefix) :]
+    value: Any = error.get("input")
+    if isinstance(value, dict):
+        return f"{loc}: {msg}"
+    return f"{loc} = {value!r}: expected {msg}"
+
+
+def settings_from_mapping(data: dict[str, Any], origin: str = "configuration") -> Settings:
+    """Validate a parsed TOML mapping (plus environment overrides); raise :class:`ConfigError`."""
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        errors = exc.errors()
+        first = _describe(dict(errors[0]))
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise ConfigError(f"{origin}: {first}{more}") from None
+
+
+def parse_toml(text: str, origin: str) -> dict[str, Any]:
+    """Parse TOML text, turning syntax errors into :class:`ConfigError`."""
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{origin}: not valid TOML: {exc}") from None
+
+
+def resolve_config_path(path: Path | None) -> Path | None:
+    """The file to load: ``--config``, else ``SPINE_AGENT_CONFIG``, else the default path if it exists."""
+    if path is not None:
+        return path
+    env = os.environ.get("SPINE_AGENT_CONFIG")
+    if env:
+        return Path(env)
+    return DEFAULT_CONFIG_PATH if DEFAULT_CONFIG_PATH.is_file() else None
+
+
+def load_settings(path: Path | None = None) -> Settings:
+    """Load settings from ``path`` (see :func:`resolve_config_path`) and the environment.
+
+    Raises :class:`ConfigError` with one line naming the key, the value and what was expected.
+    """
+    resolved = resolve_config_path(path)
+    if resolved is None:
+        return settings_from_mapping({}, origin="defaults")
+    try:
+        text = resolved.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {resolved}: {exc.strerror or exc}") from None
+    return settings_from_mapping(parse_toml(text, str(resolved)), origin=str(resolved))

@@ -1,0 +1,499 @@
+"""The job ledger: every state change of series, jobs and deliveries, each in one transaction.
+
+The state machines live here and only here (:data:`JOB_TRANSITIONS`, :data:`DELIVERY_TRANSITIONS`);
+an illegal move raises :class:`~storage.errors.IllegalTransition` and changes nothing. Claiming a job is
+a compare-and-set ``UPDATE ... WHERE state = <expected>``, so two workers (threads or processes, on
+SQLite or PostgreSQL) never both win the same job.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, func, or_, select, update
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, selectinload, sessionmaker
+
+from storage.errors import IllegalTransition, NotFound
+from storage.models import Delivery, DeliveryState, Event, Job, JobState, Series
+
+log = logging.getLogger(__name__)
+
+#: Legal job moves. RUNNING -> QUEUED is a release (graceful stop) or an expired lease being retried;
+#: FAILED/CANCELLED -> QUEUED is an admin's retry. SUCCEEDED is final.
+JOB_TRANSITIONS: dict[JobState, frozenset[JobState]] = {
+    JobState.QUEUED: frozenset({JobState.RUNNING, JobState.CANCELLED}),
+    JobState.RUNNING: frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.QUEUED, JobState.CANCELLED}),
+    JobState.FAILED: frozenset({JobState.QUEUED}),
+    JobState.CANCELLED: frozenset({JobState.QUEUED}),
+    JobState.SUCCEEDED: frozenset(),
+}
+
+#: Legal delivery moves; FAILED/CANCELLED -> PENDING is an admin's retry.
+DELIVERY_TRANSITIONS: dict[DeliveryState, frozenset[DeliveryState]] = {
+    DeliveryState.PENDING: frozenset(
+        {DeliveryState.DELIVERED, DeliveryState.FAILED, DeliveryState.CANCELLED}
+    ),
+    DeliveryState.FAILED: frozenset({DeliveryState.PENDING}),
+    DeliveryState.CANCELLED: frozenset({DeliveryState.PENDING}),
+    DeliveryState.DELIVERED: frozenset(),
+}
+
+FINISHED_JOB_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware UTC (the only kind of datetime the ledger accepts)."""
+    return datetime.now(UTC)
+
+
+def check_job_transition(job_id: int, current: JobState, target: JobState) -> None:
+    """Raise :class:`IllegalTransition` unless ``current -> target`` is a legal job move."""
+    if target not in JOB_TRANSITIONS[current]:
+        raise IllegalTransition(f"job {job_id}: cannot go from {current.value} to {target.value}")
+
+
+def check_delivery_transition(delivery_id: int, current: DeliveryState, target: DeliveryState) -> None:
+    """Raise :class:`IllegalTransition` unless ``current -> target`` is a legal delivery move."""
+    if target not in DELIVERY_TRANSITIONS[current]:
+        raise IllegalTransition(f"delivery {delivery_id}: cannot go from {current.value} to {target.value}")
+
+
+def make_engine(url: str) -> Engine:
+    """An SQLAlchemy engine; SQLite gets WAL, a busy timeout and foreign keys, its folder is created."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.close()
+
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+class Ledger:
+    """All reads and writes of the ledger. Safe to share between threads; one per process."""
+
+    def __init__(self, url: str, *, max_attempts: int = 3) -> None:
+        self.url = url
+        self.max_attempts = max_attempts
+        self.engine = make_engine(url)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    def upgrade(self) -> None:
+        """Apply every Alembic migration up to the newest (safe to run at each start)."""
+        from storage.migrate import upgrade_to_head
+
+        upgrade_to_head(self.engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def transaction(self) -> Iterator[Session]:
+        """One session, one transaction: committed on success, rolled back on any exception."""
+        with self._sessions() as session, session.begin():
+            yield session
+
+    def ping(self) -> None:
+        """Raise if the database cannot be reached."""
+        with self.transaction() as session:
+            session.execute(select(1))
+
+    # --- events --------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _event(
+        session: Session, now: datetime, kind: str, detail: str | None = None, **ids: int | None
+    ) -> None:
+        session.add(Event(at=now, kind=kind, detail=detail, **ids))
+
+    def events(self, job_id: int | None = None, limit: int = 200) -> list[Event]:
+        """Newest-last events, optionally of one job."""
+        with self.transaction() as session:
+            query = select(Event).order_by(Event.id.desc()).limit(limit)
+            if job_id is not None:
+                query = query.where(Event.job_id == job_id)
+            return list(reversed(session.scalars(query).all()))
+
+    # --- series ---------------------------------------------------------------------------------------
+
+    def record_instance(
+        self, study_uid: str, series_uid: str, nbytes: int, spool_path: str, now: datetime | None = None
+    ) -> Series:
+        """Count one stored instance on the open version of its series, opening a new version if needed."""
+        now = now or utcnow()
+        with self.transaction() as session:
+            latest = session.scalars(
+                select(Series)
+                .where(Series.series_instance_uid == series_uid)
+                .order_by(Series.version.desc())
+                .limit(1)
+            ).first()
+            if latest is None or latest.closed_at is not None:
+                version = 1 if latest is None else latest.version + 1
+                latest = Series(
+                    study_instance_uid=study_uid,
+                    series_instance_uid=series_uid,
+                    version=version,
+                    instance_count=0,
+                    byte_count=0,
+                    first_received_at=now,
+                    last_received_at=now,
+                    spool_path=spool_path,
+                )
+                session.add(latest)
+                session.flush()
+                self._event(session, now, "series.opened", f"version {version}", series_id=latest.id)
+            latest.instance_count += 1
+            latest.byte_count += nbytes
+            latest.last_received_at = now
+            return latest
+
+    def get_series(self, series_id: int) -> Series:
+        with self.transaction() as session:
+            series = session.get(Series, series_id)
+            if series is None:
+                raise NotFound(f"series {series_id} does not exist")
+            return series
+
+    def queue_quiet_series(self, quiet_s: float, now: datetime | None = None) -> list[int]:
+        """Close every open series version quiet for ``quiet_s`` seconds and queue one job for each.
+
+        Returns the new job ids. The close is a compare-and-set, so concurrent schedulers queue once.
+        """
+        now = now or utcnow()
+        cutoff = now - timedelta(seconds=quiet_s)
+        created: list[int] = []
+        with self.transaction() as session:
+            candidates = session.scalars(
+                select(Series.id).where(Series.closed_at.is_(None), Series.last_received_at <= cutoff)
+            ).all()
+            for series_id in candidates:
+                closed = session.execute(
+                    update(Series)
+                    .where(Series.id == series_id, Series.closed_at.is_(None))
+                    .values(closed_at=now)
+                )
+                if closed.rowcount != 1:  # type: ignore[attr-defined]
+                    continue
+                job = Job(series_id=series_id, state=JobState.QUEUED, attempts=0, created_at=now, timings={})
+                session.add(job)
+                session.flush()
+                self._event(session, now, "job.queued", None, job_id=job.id, series_id=series_id)
+                created.append(job.id)
+        return created
+
+    # --- jobs -----------------------------------------------------------------------------------------
+
+    def get_job(self, job_id: int) -> Job:
+        """A job with its series and deliveries loaded."""
+        with self.transaction() as session:
+            job = session.scalars(
+                select(Job)
+                .where(Job.id == job_id)
+                .options(selectinload(Job.series), selectinload(Job.deliveries))
+            ).first()
+            if job is None:
+                raise NotFound(f"job {job_id} does not exist")
+            return job
+
+    def list_jobs(
+        self,
+        states: Sequence[JobState] | None = None,
+        since: datetime | None = None,
+        limit: int = 100,
+    ) -> list[Job]:
+        """Newest first."""
+        with self.transaction() as session:
+            query = select(Job).options(selectinload(Job.series)).order_by(Job.id.desc()).limit(limit)
+            if states:
+                query = query.where(Job.state.in_(list(states)))
+            if since is not None:
+                query = query.where(Job.created_at >= since)
+            return list(session.scalars(query).all())
+
+    def job_counts(self) -> dict[JobState, int]:
+        """Number of jobs in each state (every state present, zero included)."""
+        with self.transaction() as session:
+            rows = session.execute(select(Job.state, func.count()).group_by(Job.state)).all()
+        counts = dict.fromkeys(JobState, 0)
+        counts.update({state: n for state, n in rows})
+        return counts
+
+    def _move_job(
+        self, session: Session, job: Job, target: JobState, now: datetime, detail: str | None = None
+    ) -> None:
+        """The one place a job changes state."""
+        check_job_transition(job.id, job.state, target)
+        job.state = target
+        if target in FINISHED_JOB_STATES:
+            job.finished_at = now
+            job.lease_owner = None
+            job.lease_expires_at = None
+        self._event(
+            session, now, f"job.{target.value.lower()}", detail, job_id=job.id, series_id=job.series_id
+        )
+
+    def _load_job(self, session: Session, job_id: int) -> Job:
+        job = session.get(Job, job_id, with_for_update=session.bind.dialect.name != "sqlite")  # type: ignore[union-attr]
+        if job is None:
+            raise NotFound(f"job {job_id} does not exist")
+        return job
+
+    def claim_job(self, owner: str, lease_s: float, now: datetime | None = None) -> Job | None:
+        """Claim the oldest QUEUED job (or a RUNNING one whose lease expired) for ``owner``.
+
+        Exactly one of several concurrent claimers wins a job. A job whose lease expired after its last
+        allowed attempt is FAILED here instead of being claimed again.
+        """
+        now = now or utcnow()
+        expires = now + timedelta(seconds=lease_s)
+        while True:
+            with self.transaction() as session:
+                row = session.execute(
+                    select(Job.id, Job.state, Job.attempts)
+                    .where(
+                        or_(
+                            Job.state == JobState.QUEUED,
+                            (Job.state == JobState.RUNNING) & (Job.lease_expires_at < now),
+                        )
+                    )
+                    .order_by(Job.created_at, Job.id)
+                    .limit(1)
+                ).first()
+                if row is None:
+                    return None
+                job_id, state, attempts = row
+                if state == JobState.RUNNING and attempts >= self.max_attempts:
+                    job = self._load_job(session, job_id)
+                    if job.state == JobState.RUNNING and job.lease_expires_at and job.lease_expires_at < now:
+                        job.failure_reason = (
+                            f"worker stopped responding during {attempts} attempt(s); giving up"
+                        )
+                        self._move_job(session, job, JobState.FAILED, now, job.failure_reason)
+                    continue
+                won = session.execute(
+                    update(Job)
+                    .where(Job.id == job_id, Job.state == state, Job.attempts == attempts)
+                    .values(
+                        state=JobState.RUNNING,
+                        attempts=attempts + 1,
+                        lease_owner=owner,
+                        lease_expires_at=expires,
+                        started_at=now,
+                    )
+                )
+                if won.rowcount != 1:  # type: ignore[attr-defined]
+                    continue  # another worker was faster; look again
+                detail = f"attempt {attempts + 1} by {owner}"
+                if state == JobState.RUNNING:
+                    detail += " (previous lease expired)"
+                self._event(session, now, "job.running", detail, job_id=job_id)
+            return self.get_job(job_id)
+
+    def renew_lease(self, job_id: int, owner: str, lease_s: float, now: datetime | None = None) -> bool:
+        """Extend ``owner``'s lease; False if the job is no longer RUNNING under that owner."""
+        now = now or utcnow()
+        with self.transaction() as session:
+            result = session.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.state == JobState.RUNNING, Job.lease_owner == owner)
+                .values(lease_expires_at=now + timedelta(seconds=lease_s))
+            )
+            return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+    def _owned_running_job(self, session: Session, job_id: int, owner: str | None) -> Job:
+        job = self._load_job(session, job_id)
+        if owner is not None and job.state == JobState.RUNNING and job.lease_owner != owner:
+            raise IllegalTransition(f"job {job_id}: lease is held by {job.lease_owner}, not {owner}")
+        return job
+
+    def succeed_job(
+        self,
+        job_id: int,
+        *,
+        owner: str | None,
+        timings: dict[str, float],
+        model_version: str,
+        output_path: str,
+        destinations: Sequence[str],
+        now: datetime | None = None,
+    ) -> Job:
+        """RUNNING -> SUCCEEDED, creating one PENDING delivery per destination in the same transaction."""
+        now = now or utcnow()
+        with self.transaction() as session:
+            job = self._owned_running_job(session, job_id, owner)
+            self._move_job(session, job, JobState.SUCCEEDED, now)
+            job.timings = dict(timings)
+            job.model_version = model_version
+            job.output_path = output_path
+            job.failure_reason = None
+            for name in destinations:
+                delivery = Delivery(
+                    job_id=job.id,
+                    destination=name,
+                    state=DeliveryState.PENDING,
+                    attempts=0,
+                    next_attempt_at=now,
+                    sent_instances=[],
+                    created_at=now,
+                )
+                session.add(delivery)
+                session.flush()
+                self._event(session, now, "delivery.pending", name, job_id=job.id, delivery_id=delivery.id)
+        return self.get_job(job_id)
+
+    def fail_job(
+        self, job_id: int, reason: str, *, owner: str | None = None, now: datetime | None = None
+    ) -> Job:
+        """RUNNING -> FAILED with a human-readable reason."""
+        now = now or utcnow()
+        with self.transaction() as session:
+            job = self._owned_running_job(session, job_id, owner)
+            job.failure_reason = reason
+            self._move_job(session, job, JobState.FAILED, now, reason)
+        return self.get_job(job_id)
+
+    def release_job(self, job_id: int, *, owner: str, now: datetime | None = None) -> Job:
+        """RUNNING -> QUEUED without spending an attempt (graceful stop)."""
+        now = now or utcnow()
+        with self.transaction() as session:
+            job = self._owned_running_job(session, job_id, owner)
+            self._move_job(session, job, JobState.QUEUED, now, f"released by {owner}")
+            job.attempts = max(0, job.attempts - 1)
+            job.lease_owner = None
+            job.lease_expires_at = None
+        return self.get_job(job_id)
+
+    def cancel_job(self, job_id: int, now: datetime | None = None) -> Job:
+        """QUEUED/RUNNING -> CANCELLED (a running worker notices when it renews its lease)."""
+        now = now or utcnow()
+        with self.transaction() as session:
+            job = self._load_job(session, job_id)
+            self._move_job(session, job, JobState.CANCELLED, now, "cancelled by an admin")
+        return self.get_job(job_id)
+
+    def retry_job(self, job_id: int, now: datetime | None = None) -> Job:
+        """FAILED/CANCELLED -> QUEUED with a fresh attempt budget."""
+        now = now or utcnow()
+        with self.transaction() as session:
+            job = self._load_job(session, job_id)
+            self._move_job(session, job, JobState.QUEUED, now, "retried by an admin")
+            job.attempts = 0
+            job.failure_reason = None
+            job.finished_at = None
+            job.created_at = now
+        return self.get_job(job_id)
+
+    # --- deliveries -----------------------------------------------------------------------------------
+
+    def due_deliveries(self, now: datetime | None = None, limit: int = 50) -> list[Delivery]:
+        """PENDING deliveries whose next attempt time has come, oldest first."""
+        now = now or utcnow()
+        with self.transaction() as session:
+            return list(
+                session.scalars(
+                    select(Delivery)
+                    .where(Delivery.state == DeliveryState.PENDING, Delivery.next_attempt_at <= now)
+                    .order_by(Delivery.next_attempt_at, Delivery.id)
+                    .limit(limit)
+                ).all()
+            )
+
+    def list_deliveries(self, job_id: int | None = None) -> list[Delivery]:
+        with self.transaction() as session:
+            query = select(Delivery).order_by(Delivery.id)
+            if job_id is not None:
+                query = query.where(Delivery.job_id == job_id)
+            return list(session.scalars(query).all())
+
+    def delivery_counts(self) -> dict[DeliveryState, int]:
+        with self.transaction() as session:
+            rows = session.execute(select(Delivery.state, func.count()).group_by(Delivery.state)).all()
+        counts = dict.fromkeys(DeliveryState, 0)
+        counts.update({state: n for state, n in rows})
+        return counts
+
+    def record_delivery_attempt(
+        self,
+        delivery_id: int,
+        *,
+        sent_instances: Sequence[str],
+        status: int | None,
+        error: str | None,
+        outcome: DeliveryState,
+        next_attempt_at: datetime | None = None,
+        now: datetime | None = None,
+    ) -> Delivery:
+        """Record one sending attempt: instances newly stored, the last status, and the outcome.
+
+        ``outcome`` PENDING needs ``next_attempt_at`` (the back-off); DELIVERED and FAILED finish it.
+        """
+        now = now or utcnow()
+        with self.transaction() as session:
+            delivery = session.get(Delivery, delivery_id)
+            if delivery is None:
+                raise NotFound(f"delivery {delivery_id} does not exist")
+            if delivery.state != DeliveryState.PENDING:
+                raise IllegalTransition(f"delivery {delivery_id} is {delivery.state.value}, not PENDING")
+            delivery.attempts += 1
+            delivery.sent_instances = sorted(set(delivery.sent_instances) | set(sent_instances))
+            delivery.last_status = status
+            delivery.last_error = error
+            if outcome == DeliveryState.PENDING:
+                if next_attempt_at is None:
+                    raise ValueError("a PENDING outcome needs next_attempt_at")
+                delivery.next_attempt_at = next_attempt_at
+                self._event(
+                    session, now, "delivery.retry", error, job_id=delivery.job_id, delivery_id=delivery.id
+                )
+            else:
+                check_delivery_transition(delivery.id, delivery.state, outcome)
+                delivery.state = outcome
+                delivery.finished_at = now
+                self._event(
+                    session,
+                    now,
+                    f"delivery.{outcome.value.lower()}",
+                    error,
+                    job_id=delivery.job_id,
+                    delivery_id=delivery.id,
+                )
+            return delivery
+
+    def retry_delivery(self, delivery_id: int, now: datetime | None = None) -> Delivery:
+        """FAILED/CANCELLED -> PENDING, due now, with a fresh attempt budget."""
+        now = now or utcnow()
+        with self.transaction() as session:
+            delivery = session.get(Delivery, delivery_id)
+            if delivery is None:
+                raise NotFound(f"delivery {delivery_id} does not exist")
+            check_delivery_transition(delivery.id, delivery.state, DeliveryState.PENDING)
+            delivery.state = DeliveryState.PENDING
+            delivery.attempts = 0
+            delivery.next_attempt_at = now
+            delivery.finished_at = None
+            self._event(
+                session,
+                now,
+                "delivery.pending",
+                "retried by an admin",
+                job_id=delivery.job_id,
+                delivery_id=delivery.id,
+            )
+            return delivery

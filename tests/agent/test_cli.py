@@ -1,0 +1,123 @@
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from storage import JobState, Ledger, utcnow
+
+
+def run_cli(
+    *args: str, config: Path | None = None, stdin: str | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    full = [sys.executable, "-m", "agent.cli"]
+    if config is not None:
+        full += ["--config", str(config)]
+    return subprocess.run(
+        [*full, *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "COLUMNS": "200", **(env or {})},
+    )
+
+
+@pytest.fixture
+def config_file(tmp_path: Path) -> Path:
+    path = tmp_path / "agent.toml"
+    path.write_text(
+        f'[ledger]\nurl = "sqlite:///{tmp_path / "ledger.sqlite3"}"\n'
+        f'[storage]\nspool_dir = "{tmp_path / "spool"}"\n'
+    )
+    return path
+
+
+def test_help_everywhere() -> None:
+    for args in (
+        ["--help"],
+        ["jobs", "--help"],
+        ["jobs", "list", "--help"],
+        ["config", "check", "--help"],
+        ["db", "upgrade", "--help"],
+        ["echo", "--help"],
+        ["version"],
+    ):
+        result = run_cli(*args)
+        assert result.returncode == 0, (args, result.stderr)
+
+
+def test_config_example_round_trips_through_check() -> None:
+    example = run_cli("config", "example")
+    assert example.returncode == 0
+    check = run_cli("config", "check", "-", stdin=example.stdout)
+    assert check.returncode == 0, check.stderr
+    assert "valid" in check.stdout
+
+
+def test_bad_config_is_one_line_and_non_zero(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[dicom]\nport = 'eleven'\n")
+    result = run_cli("config", "check", str(bad))
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0
+    assert "dicom.port = 'eleven': expected a valid integer" in result.stderr
+    assert "Traceback" not in result.stderr
+    # a command that needs the config fails the same way at start
+    started = run_cli("jobs", "list", config=bad)
+    assert started.returncode == 2 and "dicom.port" in started.stderr and "Traceback" not in started.stderr
+
+
+def test_jobs_commands_against_a_real_ledger(config_file: Path, tmp_path: Path) -> None:
+    assert run_cli("db", "upgrade", config=config_file).returncode == 0
+    ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.sqlite3'}")
+    now = utcnow()
+    for uid in ("1.2.840.1", "1.2.840.2"):
+        ledger.record_instance("1.2.840", uid, 10, "p", now=now - timedelta(minutes=5))
+    first, second = ledger.queue_quiet_series(30)
+    ledger.claim_job("w", 60)
+    ledger.fail_job(first, "series has 3 slices; at least 20 are needed", owner="w")
+
+    listed = run_cli("jobs", "list", "--json", config=config_file)
+    assert listed.returncode == 0, listed.stderr
+    rows = json.loads(listed.stdout)
+    assert {r["id"]: r["state"] for r in rows} == {first: "FAILED", second: "QUEUED"}
+
+    failed_only = json.loads(
+        run_cli("jobs", "list", "--json", "--state", "failed", config=config_file).stdout
+    )
+    assert [r["id"] for r in failed_only] == [first]
+    future = json.loads(run_cli("jobs", "list", "--json", "--since", "2999-01-01", config=config_file).stdout)
+    assert future == []
+
+    table = run_cli("jobs", "list", config=config_file)
+    assert "FAILED" in table.stdout and "at least 20 are needed" in table.stdout
+
+    shown = json.loads(run_cli("jobs", "show", str(first), "--json", config=config_file).stdout)
+    assert shown["failure_reason"].startswith("series has 3 slices")
+    assert [e["kind"] for e in shown["events"]][-1] == "job.failed"
+
+    assert run_cli("jobs", "retry", str(first), config=config_file).returncode == 0
+    assert ledger.get_job(first).state == JobState.QUEUED
+    assert run_cli("jobs", "cancel", str(second), config=config_file).returncode == 0
+    assert ledger.get_job(second).state == JobState.CANCELLED
+
+    again = run_cli("jobs", "cancel", str(second), config=config_file)
+    assert again.returncode == 2 and "cannot go from CANCELLED to CANCELLED" in again.stderr
+    missing = run_cli("jobs", "show", "424242", config=config_file)
+    assert missing.returncode == 2 and "job 424242 does not exist" in missing.stderr
+    bad_state = run_cli("jobs", "list", "--state", "DONE", config=config_file)
+    assert bad_state.returncode == 2 and "expected one of" in bad_state.stderr
+
+
+def test_echo_to_nobody_is_a_clear_error() -> None:
+    from tests.conftest import free_port
+
+    result = run_cli("echo", "127.0.0.1", str(free_port()), "--timeout", "3")
+    assert result.returncode == 2
+    assert "association" in result.stderr and "Traceback" not in result.stderr
