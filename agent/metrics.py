@@ -1,0 +1,76 @@
+"""Prometheus metrics of the agent, in one registry per process.
+
+Counters and histograms are updated where things happen (SCP, worker, sender); gauges that mirror the
+ledger or the disk (jobs by state, queue depth, deliveries by state, free disk) are refreshed at scrape
+time by :func:`refresh_ledger_gauges`.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+# Received
+INSTANCES_RECEIVED = Counter(
+    "spine_agent_instances_received", "DICOM instances stored by the SCP", registry=REGISTRY
+)
+BYTES_RECEIVED = Counter("spine_agent_bytes_received", "Bytes of DICOM instances stored", registry=REGISTRY)
+INSTANCES_REFUSED = Counter(
+    "spine_agent_instances_refused",
+    "C-STORE requests answered with a failure status",
+    ["status"],
+    registry=REGISTRY,
+)
+ASSOCIATIONS = Counter(
+    "spine_agent_associations", "Associations by outcome (accepted, rejected)", ["outcome"], registry=REGISTRY
+)
+
+# Jobs
+JOBS = Gauge("spine_agent_jobs", "Jobs in the ledger by state", ["state"], registry=REGISTRY)
+QUEUE_DEPTH = Gauge("spine_agent_queue_depth", "Jobs waiting for a worker (QUEUED)", registry=REGISTRY)
+_DURATION_BUCKETS = (1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200, float("inf"))
+JOB_DURATION = Histogram(
+    "spine_agent_job_duration_seconds",
+    "Wall time of a job attempt, load to results written",
+    buckets=_DURATION_BUCKETS,
+    registry=REGISTRY,
+)
+STAGE_DURATION = Histogram(
+    "spine_agent_stage_duration_seconds",
+    "Wall time per pipeline stage",
+    ["stage"],
+    buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 60, 120, 300, float("inf")),
+    registry=REGISTRY,
+)
+JOBS_FINISHED = Counter(
+    "spine_agent_jobs_finished",
+    "Job attempts finished by this process, by outcome",
+    ["state"],
+    registry=REGISTRY,
+)
+
+# Deliveries
+DELIVERIES = Gauge(
+    "spine_agent_deliveries", "Deliveries in the ledger by state", ["state"], registry=REGISTRY
+)
+DELIVERY_ATTEMPTS = Counter(
+    "spine_agent_delivery_attempts", "Sending attempts by outcome", ["outcome"], registry=REGISTRY
+)
+
+# Host and model
+DISK_FREE = Gauge("spine_agent_disk_free_bytes", "Free bytes on the spool's file system", registry=REGISTRY)
+MODEL_INFO = Gauge(
+    "spine_agent_model_info", "The loaded engine weights (value 1)", ["version"], registry=REGISTRY
+)
+
+
+def refresh_disk_gauge(spool_dir: Path) -> int:
+    """Update and return free bytes on the spool's file system."""
+    spool_dir.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(spool_dir).free
+    DISK_FREE.set(free)
+    return free
