@@ -380,6 +380,17 @@ class Ledger:
             job.lease_expires_at = None
         return self.get_job(job_id)
 
+    def requeue_job(self, job_id: int, *, owner: str, reason: str, now: datetime | None = None) -> Job:
+        """RUNNING -> QUEUED after a failed attempt that may succeed on retry (the attempt is spent)."""
+        now = now or utcnow()
+        with self.transaction() as session:
+            job = self._owned_running_job(session, job_id, owner)
+            self._move_job(session, job, JobState.QUEUED, now, f"attempt {job.attempts} failed: {reason}")
+            job.failure_reason = reason
+            job.lease_owner = None
+            job.lease_expires_at = None
+        return self.get_job(job_id)
+
     def cancel_job(self, job_id: int, now: datetime | None = None) -> Job:
         """QUEUED/RUNNING -> CANCELLED (a running worker notices when it renews its lease)."""
         now = now or utcnow()

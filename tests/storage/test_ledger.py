@@ -140,6 +140,16 @@ def test_release_returns_the_job_without_spending_an_attempt(ledger: Ledger) -> 
     assert released.state == JobState.QUEUED and released.attempts == 0 and released.lease_owner is None
 
 
+def test_requeue_spends_the_attempt_and_keeps_the_reason(ledger: Ledger) -> None:
+    job_id = queued_job(ledger)
+    ledger.claim_job("w1", 60)
+    job = ledger.requeue_job(job_id, owner="w1", reason="RuntimeError: out of memory")
+    assert job.state == JobState.QUEUED and job.attempts == 1
+    assert job.failure_reason == "RuntimeError: out of memory"
+    again = ledger.claim_job("w1", 60)
+    assert again is not None and again.attempts == 2
+
+
 def test_expired_lease_is_reclaimed_then_failed_after_max_attempts(ledger: Ledger) -> None:
     job_id = queued_job(ledger)
     now = T0 + timedelta(minutes=1)
