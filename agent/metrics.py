@@ -12,6 +12,8 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from storage import JobState, Ledger
+
 REGISTRY = CollectorRegistry(auto_describe=True)
 
 # Received
@@ -74,3 +76,25 @@ def refresh_disk_gauge(spool_dir: Path) -> int:
     free = shutil.disk_usage(spool_dir).free
     DISK_FREE.set(free)
     return free
+
+
+# Retention
+RETENTION_PURGED_JOBS = Counter(
+    "spine_agent_retention_purged_jobs",
+    "Finished jobs whose files retention removed, by reason (age, watermark)",
+    ["reason"],
+    registry=REGISTRY,
+)
+RETENTION_FREED_BYTES = Counter(
+    "spine_agent_retention_freed_bytes", "Bytes of spool files removed by retention", registry=REGISTRY
+)
+
+
+def refresh_ledger_gauges(ledger: Ledger) -> None:
+    """Set jobs by state, queue depth and deliveries by state from the ledger (two grouped counts)."""
+    job_counts = ledger.job_counts()
+    for job_state, count in job_counts.items():
+        JOBS.labels(state=job_state.value).set(count)
+    QUEUE_DEPTH.set(job_counts[JobState.QUEUED])
+    for delivery_state, count in ledger.delivery_counts().items():
+        DELIVERIES.labels(state=delivery_state.value).set(count)
