@@ -31,7 +31,6 @@ __all__ = [
     "PERCENT",
     "PRIVATE_SCHEME_DESIGNATOR",
     "PRIVATE_SCHEME_NAME",
-    "PRIVATE_SCHEME_UID",
     "PROCESSING_ALGORITHM",
     "VERTEBRAL_COLUMN",
     "VERTEBRA_CODES",
@@ -45,8 +44,6 @@ __all__ = [
 PRIVATE_SCHEME_DESIGNATOR = "99SPINEAGENT"
 #: Human-readable name of the private scheme (Coding Scheme Name, LO).
 PRIVATE_SCHEME_NAME = "spine-agent vertebra variants"
-#: Coding Scheme UID of the private scheme: a fixed UUID-derived UID (PS3.5 B.2), never regenerated.
-PRIVATE_SCHEME_UID = "2.25.7532025034256800974870942576359072603"
 
 #: Name written into Algorithm Identification (SEG segments, SR TID 4019) and Contributing Equipment.
 ALGORITHM_NAME = "spine-agent"
@@ -130,7 +127,6 @@ def private_coding_scheme_identification() -> CodingSchemeIdentificationItem:
     return CodingSchemeIdentificationItem(
         designator=PRIVATE_SCHEME_DESIGNATOR,
         name=PRIVATE_SCHEME_NAME,
-        uid=PRIVATE_SCHEME_UID,
         responsible_organization="spine-agent project",
     )
 

@@ -114,8 +114,8 @@ def build_sr(
         content_datetime: when the result was made (now, UTC, when omitted).
 
     Raises:
-        SrBuildError: no source, mixed series or Frames of Reference, an unknown label, a label twice, a
-            non-finite position or a confidence outside [0, 1].
+        SrBuildError: no source, mixed series or Frames of Reference, no landmark, an unknown label, a
+            label twice, a non-finite position or a confidence outside [0, 1].
     """
     if not source_datasets:
         raise SrBuildError("no source instances: the report needs its evidence")
@@ -123,6 +123,9 @@ def build_sr(
     _single_value(source_datasets, "SeriesInstanceUID")
     _single_value(source_datasets, "StudyInstanceUID")
     landmarks = _checked_landmarks(result.landmarks)
+    if not landmarks:
+        # TID 1500 with no measurement group says nothing; the job reports "no vertebra found" instead.
+        raise SrBuildError("no landmarks: a measurement report needs at least one vertebra")
     if segmentation is not None and segmentation.StudyInstanceUID != source_datasets[0].StudyInstanceUID:
         raise SrBuildError("the SEG belongs to another study than the source series")
 
@@ -146,7 +149,7 @@ def build_sr(
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=observer),
         procedure_reported=PROCEDURE_REPORTED,
-        imaging_measurements=groups or None,
+        imaging_measurements=groups,
     )
     evidence = [*source_datasets, *([segmentation] if segmentation is not None else [])]
     when = content_datetime or datetime.now(UTC)
