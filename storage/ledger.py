@@ -404,6 +404,8 @@ class Ledger:
         now = now or utcnow()
         with self.transaction() as session:
             job = self._load_job(session, job_id)
+            if job.purged_at is not None:
+                raise IllegalTransition(f"job {job_id}: its files were removed by retention; cannot retry")
             self._move_job(session, job, JobState.QUEUED, now, "retried by an admin")
             job.attempts = 0
             job.failure_reason = None
@@ -495,6 +497,10 @@ class Ledger:
             if delivery is None:
                 raise NotFound(f"delivery {delivery_id} does not exist")
             check_delivery_transition(delivery.id, delivery.state, DeliveryState.PENDING)
+            if delivery.job.purged_at is not None:
+                raise IllegalTransition(
+                    f"delivery {delivery_id}: job {delivery.job_id}'s files were removed by retention"
+                )
             delivery.state = DeliveryState.PENDING
             delivery.attempts = 0
             delivery.next_attempt_at = now
@@ -508,3 +514,62 @@ class Ledger:
                 delivery_id=delivery.id,
             )
             return delivery
+
+    # --- retention ------------------------------------------------------------------------------------
+
+    def purge_candidates(self, finished_before: datetime | None = None) -> list[Job]:
+        """Finished, not yet purged jobs without a PENDING delivery, oldest finished first.
+
+        Series and deliveries are loaded. ``finished_before`` keeps only jobs finished before then.
+        """
+        pending = select(Delivery.id).where(
+            Delivery.job_id == Job.id, Delivery.state == DeliveryState.PENDING
+        )
+        with self.transaction() as session:
+            query = (
+                select(Job)
+                .where(Job.state.in_(list(FINISHED_JOB_STATES)), Job.purged_at.is_(None), ~pending.exists())
+                .options(selectinload(Job.series), selectinload(Job.deliveries))
+                .order_by(Job.finished_at, Job.id)
+            )
+            if finished_before is not None:
+                query = query.where(Job.finished_at < finished_before)
+            return list(session.scalars(query).all())
+
+    def series_versions(self, series_instance_uid: str) -> list[Series]:
+        """Every version of a series (they share one spool folder), with their jobs loaded."""
+        with self.transaction() as session:
+            return list(
+                session.scalars(
+                    select(Series)
+                    .where(Series.series_instance_uid == series_instance_uid)
+                    .options(selectinload(Series.jobs))
+                    .order_by(Series.version)
+                ).all()
+            )
+
+    def mark_purged(self, job_id: int, now: datetime | None = None) -> bool:
+        """Record that retention removes a finished job's files; False if the job is no longer eligible.
+
+        A compare-and-set: the job must still be finished, unpurged and without a PENDING delivery, so an
+        admin's retry in the same instant wins over retention.
+        """
+        now = now or utcnow()
+        pending = select(Delivery.id).where(
+            Delivery.job_id == job_id, Delivery.state == DeliveryState.PENDING
+        )
+        with self.transaction() as session:
+            result = session.execute(
+                update(Job)
+                .where(
+                    Job.id == job_id,
+                    Job.state.in_(list(FINISHED_JOB_STATES)),
+                    Job.purged_at.is_(None),
+                    ~pending.exists(),
+                )
+                .values(purged_at=now)
+            )
+            if result.rowcount != 1:  # type: ignore[attr-defined]
+                return False
+            self._event(session, now, "job.purged", "files removed by retention", job_id=job_id)
+            return True
