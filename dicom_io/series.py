@@ -1,0 +1,436 @@
+"""Received instances of one series -> one :class:`~dicom_io.volume.Volume` in HU and LPS millimetres.
+
+Strict about the geometry the engine relies on, tolerant about everything else (highdicom's
+"strict when writing, tolerant when reading"). Steps:
+
+1. list ``*.dcm`` files (temporary files of the spool are never listed); refuse more than
+   ``max_instances``;
+2. read every header with ``stop_before_pixels`` and keep a small record per slice (single-frame CT
+   Image Storage) or per frame (multi-frame Enhanced CT, from its functional groups);
+3. drop localizers (ImageType / FrameType value 3 ``LOCALIZER``) and refuse what cannot be one volume:
+   non-CT, several series or frames of reference, mixed orientations or image sizes, gantry tilt,
+   duplicated positions, missing slices, non-uniform spacing, too few slices;
+4. sort along the slice normal (``k`` grows along ``row x column``, so the affine is right-handed),
+   preallocate the float32 volume and fill it slice by slice (frame by frame for Enhanced CT), applying
+   Rescale Slope/Intercept. Peak memory is the volume plus one decoded slice and the small headers.
+
+Every refusal is a :class:`~dicom_io.errors.SeriesRejected` whose message says what was found and what
+to do; it never contains patient data.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.pixels import iter_pixels, pixel_array
+from pydicom.uid import UID, CTImageStorage, EnhancedCTImageStorage, LegacyConvertedEnhancedCTImageStorage
+
+from dicom_io.errors import SeriesRejected
+from dicom_io.volume import SourceReference, Volume
+
+log = logging.getLogger(__name__)
+
+#: Storage SOP classes the loader reads.
+CT_SOP_CLASSES = frozenset({CTImageStorage, EnhancedCTImageStorage, LegacyConvertedEnhancedCTImageStorage})
+_MULTIFRAME_SOP_CLASSES = frozenset({EnhancedCTImageStorage, LegacyConvertedEnhancedCTImageStorage})
+
+#: Patient and study attributes copied from the source onto results (Type 2 in the Patient and General
+#: Study modules, so always present in the dict, "" when the source lacks them).
+PATIENT_STUDY_ATTRIBUTES: tuple[str, ...] = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "AccessionNumber",
+    "ReferringPhysicianName",
+    "StudyID",
+)
+
+#: Defaults of :func:`load_series`.
+DEFAULT_MAX_INSTANCES = 3000
+DEFAULT_MIN_SLICES = 10
+#: Relative deviation of a slice gap from the median gap still called uniform (positions are often
+#: written with 2-3 decimals, so a small tolerance is needed).
+DEFAULT_SPACING_TOLERANCE = 0.05
+#: Direction cosines equal within this are "the same orientation".
+_ORIENTATION_TOLERANCE = 1e-3
+#: A gap this many times the median gap means slices are missing rather than non-uniform spacing.
+_MISSING_SLICE_FACTOR = 1.5
+
+
+@dataclass(frozen=True)
+class _Slice:
+    """Header facts of one 2D image (a single-frame instance or one frame of a multi-frame one)."""
+
+    path: Path
+    frame: int | None  # 0-based frame index in a multi-frame instance, None for single-frame
+    sop_instance_uid: str
+    position: tuple[float, float, float]
+    orientation: tuple[float, float, float, float, float, float]
+    pixel_spacing: tuple[float, float]  # (row spacing, column spacing)
+    rows: int
+    columns: int
+    slope: float
+    intercept: float
+    localizer: bool
+
+
+@dataclass(frozen=True)
+class _Instance:
+    """Header facts shared by all slices of one instance file."""
+
+    path: Path
+    sop_class_uid: str
+    study_instance_uid: str
+    series_instance_uid: str
+    frame_of_reference_uid: str
+    modality: str
+    transfer_syntax: str
+    samples_per_pixel: int
+    photometric: str
+    tilt: float | None
+    patient: dict[str, str]
+
+
+def load_series(
+    directory: Path | str,
+    *,
+    max_instances: int = DEFAULT_MAX_INSTANCES,
+    min_slices: int = DEFAULT_MIN_SLICES,
+    spacing_tolerance: float = DEFAULT_SPACING_TOLERANCE,
+) -> Volume:
+    """Load every ``*.dcm`` in ``directory`` as one CT volume; raise :class:`SeriesRejected` with the reason.
+
+    ``max_instances`` bounds both the number of files and the number of slices (frames) of the series
+    (``dicom.max_series_instances``); ``min_slices`` is the fewest non-localizer slices accepted;
+    ``spacing_tolerance`` the relative deviation of a slice gap from the median gap still called uniform.
+    """
+    folder = Path(directory)
+    files = sorted(p for p in folder.glob("*.dcm") if not p.name.startswith(".") and p.is_file())
+    if not files:
+        raise SeriesRejected(f"no DICOM instances (*.dcm) in the series folder {folder.name}")
+    if len(files) > max_instances:
+        raise SeriesRejected(
+            f"series has {len(files)} instances, more than the configured maximum of {max_instances} "
+            "(dicom.max_series_instances)"
+        )
+
+    instances: list[_Instance] = []
+    slices: list[_Slice] = []
+    for path in files:
+        instance, instance_slices = _read_header(path)
+        instances.append(instance)
+        slices.extend(instance_slices)
+    first = _check_instances(instances)
+
+    kept = [s for s in slices if not s.localizer]
+    dropped = len(slices) - len(kept)
+    if dropped:
+        log.info("series: dropped %d localizer image(s) of %d", dropped, len(slices))
+    if len(kept) > max_instances:
+        raise SeriesRejected(
+            f"series has {len(kept)} slices, more than the configured maximum of {max_instances} "
+            "(dicom.max_series_instances)"
+        )
+    if len(kept) < min_slices:
+        what = f" after dropping {dropped} localizer(s)" if dropped else ""
+        raise SeriesRejected(
+            f"series has {len(kept)} usable slice(s){what}; at least {min_slices} are needed for a volume"
+        )
+
+    ordered, affine = _geometry(kept, first.tilt, spacing_tolerance)
+    array = _read_pixels(ordered, {inst.path: inst for inst in instances})
+    source = SourceReference(
+        study_instance_uid=first.study_instance_uid,
+        series_instance_uid=first.series_instance_uid,
+        frame_of_reference_uid=first.frame_of_reference_uid,
+        sop_class_uid=first.sop_class_uid,
+        sop_instance_uids=tuple(s.sop_instance_uid for s in ordered),
+        patient=dict(first.patient),
+    )
+    return Volume(array=array, affine=affine, source=source)
+
+
+# --- headers --------------------------------------------------------------------------------------------
+
+
+def _read_header(path: Path) -> tuple[_Instance, list[_Slice]]:
+    try:
+        ds = dcmread(path, stop_before_pixels=True)
+    except Exception as exc:
+        raise SeriesRejected(f"instance {path.name} is not a readable DICOM file: {exc}") from None
+    sop_class = str(ds.get("SOPClassUID", ""))
+    modality = str(ds.get("Modality", ""))
+    if sop_class not in CT_SOP_CLASSES:
+        name = UID(sop_class).name if sop_class else "no SOP Class UID"
+        raise SeriesRejected(f"instance {path.name} is {name}, not a CT image (modality {modality or '?'})")
+    if modality != "CT":
+        raise SeriesRejected(f"instance {path.name} has modality {modality or 'empty'}, not CT")
+    tilt = ds.get("GantryDetectorTilt")
+    instance = _Instance(
+        path=path,
+        sop_class_uid=sop_class,
+        study_instance_uid=str(ds.get("StudyInstanceUID", "")),
+        series_instance_uid=str(ds.get("SeriesInstanceUID", "")),
+        frame_of_reference_uid=str(ds.get("FrameOfReferenceUID", "")),
+        modality=modality,
+        transfer_syntax=str(getattr(ds, "file_meta", Dataset()).get("TransferSyntaxUID", "")),
+        samples_per_pixel=int(ds.get("SamplesPerPixel", 1)),
+        photometric=str(ds.get("PhotometricInterpretation", "")),
+        tilt=None if tilt in (None, "") else float(tilt),
+        patient={key: _string(ds.get(key)) for key in PATIENT_STUDY_ATTRIBUTES},
+    )
+    sop_uid = str(ds.get("SOPInstanceUID", ""))
+    try:
+        if sop_class in _MULTIFRAME_SOP_CLASSES:
+            return instance, list(_frames(ds, path, sop_uid))
+        return instance, [_single_frame(ds, path, sop_uid)]
+    except (AttributeError, IndexError, KeyError, TypeError, ValueError) as exc:
+        raise SeriesRejected(
+            f"instance {path.name} lacks usable geometry (position, orientation, spacing): {exc}"
+        ) from None
+
+
+def _single_frame(ds: Dataset, path: Path, sop_uid: str) -> _Slice:
+    return _Slice(
+        path=path,
+        frame=None,
+        sop_instance_uid=sop_uid,
+        position=_floats(ds.ImagePositionPatient, 3),  # type: ignore[arg-type]
+        orientation=_floats(ds.ImageOrientationPatient, 6),  # type: ignore[arg-type]
+        pixel_spacing=_floats(ds.PixelSpacing, 2),  # type: ignore[arg-type]
+        rows=int(ds.Rows),
+        columns=int(ds.Columns),
+        slope=float(ds.get("RescaleSlope", 1.0) or 1.0),
+        intercept=float(ds.get("RescaleIntercept", 0.0) or 0.0),
+        localizer=_is_localizer(ds.get("ImageType")),
+    )
+
+
+def _frames(ds: Dataset, path: Path, sop_uid: str) -> Iterator[_Slice]:
+    """One record per frame of an Enhanced (or Legacy Converted Enhanced) CT instance."""
+    shared = ds.SharedFunctionalGroupsSequence[0] if "SharedFunctionalGroupsSequence" in ds else Dataset()
+    per_frame = ds.PerFrameFunctionalGroupsSequence
+    nframes = int(ds.get("NumberOfFrames", 1))
+    if len(per_frame) != nframes:
+        raise ValueError(f"{len(per_frame)} per-frame functional groups for {nframes} frames")
+    instance_localizer = _is_localizer(ds.get("ImageType"))
+    for index, frame_groups in enumerate(per_frame):
+
+        def group(sequence: str, groups: Dataset = frame_groups) -> Dataset | None:
+            for source in (groups, shared):
+                if sequence in source and len(source[sequence].value):
+                    item: Dataset = source[sequence].value[0]
+                    return item
+            return None
+
+        position = group("PlanePositionSequence")
+        orientation = group("PlaneOrientationSequence")
+        measures = group("PixelMeasuresSequence")
+        if position is None or orientation is None or measures is None:
+            raise ValueError(f"frame {index + 1} has no plane position, orientation or pixel measures")
+        rescale = group("PixelValueTransformationSequence")
+        frame_type = group("CTImageFrameTypeSequence")
+        yield _Slice(
+            path=path,
+            frame=index,
+            sop_instance_uid=sop_uid,
+            position=_floats(position.ImagePositionPatient, 3),  # type: ignore[arg-type]
+            orientation=_floats(orientation.ImageOrientationPatient, 6),  # type: ignore[arg-type]
+            pixel_spacing=_floats(measures.PixelSpacing, 2),  # type: ignore[arg-type]
+            rows=int(ds.Rows),
+            columns=int(ds.Columns),
+            slope=float(rescale.get("RescaleSlope", 1.0) or 1.0) if rescale is not None else 1.0,
+            intercept=float(rescale.get("RescaleIntercept", 0.0) or 0.0) if rescale is not None else 0.0,
+            localizer=instance_localizer
+            or (frame_type is not None and _is_localizer(frame_type.get("FrameType"))),
+        )
+
+
+def _check_instances(instances: Sequence[_Instance]) -> _Instance:
+    """Refuse a folder that is not one CT series in one frame of reference; return the first instance."""
+    first = instances[0]
+    for what, attr in (
+        ("Series Instance UIDs", "series_instance_uid"),
+        ("Study Instance UIDs", "study_instance_uid"),
+        ("Frame of Reference UIDs", "frame_of_reference_uid"),
+    ):
+        values = {getattr(inst, attr) for inst in instances}
+        if len(values) > 1:
+            raise SeriesRejected(f"the instances carry {len(values)} different {what}; expected one series")
+    if not first.frame_of_reference_uid:
+        raise SeriesRejected("the series has no Frame of Reference UID; results could not be placed on it")
+    for inst in instances:
+        if inst.samples_per_pixel != 1 or inst.photometric not in ("MONOCHROME2", "MONOCHROME1"):
+            raise SeriesRejected(
+                f"instance {inst.path.name} is not a grayscale image ({inst.samples_per_pixel} sample(s), "
+                f"{inst.photometric or 'no photometric interpretation'})"
+            )
+    return first
+
+
+# --- geometry -------------------------------------------------------------------------------------------
+
+
+def _geometry(
+    slices: Sequence[_Slice], tilt: float | None, tolerance: float
+) -> tuple[list[_Slice], npt.NDArray[np.float64]]:
+    """Sort the slices along the normal, check the grid, return them in ``k`` order and the affine."""
+    orientations = np.array([s.orientation for s in slices], dtype=np.float64)
+    if np.abs(orientations - orientations[0]).max() > _ORIENTATION_TOLERANCE:
+        distinct = len({tuple(np.round(o, 3)) for o in orientations})
+        raise SeriesRejected(
+            f"mixed orientations: the slices have {distinct} different Image Orientation (Patient) values; "
+            "send one reconstruction per series"
+        )
+    row_dir = orientations[0, :3]
+    col_dir = orientations[0, 3:]
+    if (
+        abs(np.linalg.norm(row_dir) - 1) > 0.01
+        or abs(np.linalg.norm(col_dir) - 1) > 0.01
+        or abs(float(row_dir @ col_dir)) > 0.01
+    ):
+        raise SeriesRejected("Image Orientation (Patient) is not two orthogonal unit vectors")
+    row_dir = row_dir / np.linalg.norm(row_dir)
+    col_dir = col_dir / np.linalg.norm(col_dir)
+    normal = np.cross(row_dir, col_dir)
+
+    sizes = {(s.rows, s.columns) for s in slices}
+    if len(sizes) > 1:
+        raise SeriesRejected(f"mixed image sizes in one series: {sorted(sizes)} (rows, columns)")
+    spacings = np.array([s.pixel_spacing for s in slices])
+    if np.abs(spacings - spacings[0]).max() > 1e-3:
+        raise SeriesRejected("mixed Pixel Spacing in one series")
+    if (spacings[0] <= 0).any():
+        raise SeriesRejected(f"Pixel Spacing must be positive, got {tuple(spacings[0])}")
+
+    positions = np.array([s.position for s in slices], dtype=np.float64)
+    along = positions @ normal
+    order = np.argsort(along, kind="stable")
+    ordered = [slices[i] for i in order]
+    positions = positions[order]
+    along = along[order]
+
+    gaps = np.diff(along)
+    duplicates = int((gaps < 1e-3).sum())
+    if duplicates:
+        where = float(along[1:][gaps < 1e-3][0])
+        raise SeriesRejected(
+            f"duplicated slice positions: {duplicates} slice(s) share a position with another (first at "
+            f"{where:.2f} mm along the normal); the folder may hold two reconstructions or a re-sent series "
+            "with new SOP Instance UIDs"
+        )
+
+    # Gantry tilt: positions drift sideways (perpendicular to the normal) as k grows. Up to half a pixel
+    # of drift is harmless on an orthogonal grid; more would misplace results, so the series is refused.
+    offsets = positions - positions[0]
+    sideways = offsets - np.outer(offsets @ normal, normal)
+    drift = float(np.linalg.norm(sideways, axis=1).max())
+    if drift > 0.5 * float(spacings[0].min()):
+        extent = float(along[-1] - along[0])
+        angle = float(np.degrees(np.arctan2(drift, extent)))
+        tag = f"; Gantry/Detector Tilt {tilt:g} degrees" if tilt else ""
+        raise SeriesRejected(
+            f"gantry tilt: slice positions drift {drift:.1f} mm sideways over {extent:.1f} mm "
+            f"(about {angle:.1f} degrees{tag}); tilted series are not resampled, send an axial "
+            "reconstruction without tilt"
+        )
+
+    step = float(np.median(gaps))
+    missing = gaps > _MISSING_SLICE_FACTOR * step
+    if missing.any():
+        lost = int(np.round(gaps[missing] / step - 1).sum())
+        at = int(np.argmax(missing))
+        raise SeriesRejected(
+            f"missing slices: {int(missing.sum())} gap(s) in the series, about {lost} slice(s) absent "
+            f"(first gap {gaps[at]:.2f} mm after slice {at + 1} of {len(ordered)}, spacing {step:.2f} mm); "
+            "the series may still be arriving or was sent incomplete"
+        )
+    deviation = float(np.abs(gaps - step).max())
+    if deviation > tolerance * step:
+        raise SeriesRejected(
+            f"non-uniform slice spacing: gaps from {gaps.min():.3f} to {gaps.max():.3f} mm around "
+            f"{step:.3f} mm (tolerance {tolerance:.0%})"
+        )
+
+    row_spacing, column_spacing = (float(v) for v in spacings[0])
+    affine = np.eye(4)
+    affine[:3, 0] = row_dir * column_spacing  # i runs along a row: column spacing
+    affine[:3, 1] = col_dir * row_spacing  # j runs down a column: row spacing
+    affine[:3, 2] = normal * (float(along[-1] - along[0]) / (len(ordered) - 1))
+    affine[:3, 3] = positions[0]
+    return ordered, affine
+
+
+# --- pixels ---------------------------------------------------------------------------------------------
+
+
+def _read_pixels(ordered: Sequence[_Slice], instances: dict[Path, _Instance]) -> npt.NDArray[np.float32]:
+    """Fill a preallocated float32 volume slice by slice (frame by frame for multi-frame files)."""
+    rows, columns = ordered[0].rows, ordered[0].columns
+    volume = np.empty((len(ordered), rows, columns), dtype=np.float32)
+    by_file: dict[Path, list[tuple[int, _Slice]]] = {}
+    for k, item in enumerate(ordered):
+        by_file.setdefault(item.path, []).append((k, item))
+    for path, targets in by_file.items():
+        try:
+            if targets[0][1].frame is None:
+                ((k, item),) = targets
+                _rescale_into(volume[k], pixel_array(path), item)
+            else:
+                wanted = {item.frame: (k, item) for k, item in targets}
+                for frame, pixels in enumerate(iter_pixels(path)):
+                    if frame in wanted:
+                        k, item = wanted[frame]
+                        _rescale_into(volume[k], pixels, item)
+        except SeriesRejected:
+            raise
+        except Exception as exc:
+            syntax = instances[path].transfer_syntax
+            name = UID(syntax).name if syntax else "unknown transfer syntax"
+            raise SeriesRejected(
+                f"undecodable pixel data in instance {path.name} ({name}): {type(exc).__name__}: {exc}"
+            ) from None
+    return volume
+
+
+def _rescale_into(out: npt.NDArray[np.float32], pixels: npt.NDArray[Any], item: _Slice) -> None:
+    if pixels.shape != out.shape:
+        raise SeriesRejected(
+            f"instance {item.path.name}: pixel data has shape {pixels.shape}, header says {out.shape}"
+        )
+    np.multiply(pixels, item.slope, out=out, casting="unsafe")
+    if item.intercept:
+        out += np.float32(item.intercept)
+
+
+# --- small helpers --------------------------------------------------------------------------------------
+
+
+def _floats(values: Sequence[Any], count: int) -> Any:
+    numbers = tuple(float(v) for v in values)
+    if len(numbers) != count or not all(np.isfinite(numbers)):
+        raise ValueError(f"expected {count} finite numbers, got {len(numbers)}")
+    return numbers
+
+
+def _is_localizer(image_type: Any) -> bool:
+    """ImageType/FrameType value 3 is LOCALIZER for scout images (PS3.3 C.8.2.1.1.1, C.8.15.3.1.1)."""
+    if image_type is None:
+        return False
+    values = image_type.split("\\") if isinstance(image_type, str) else list(image_type)
+    return any(str(v).strip().upper() == "LOCALIZER" for v in values)
+
+
+def _string(value: Any) -> str:
+    return "" if value is None else str(value)
