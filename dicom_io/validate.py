@@ -49,6 +49,11 @@ _JAXP_UNLIMITED = (
 
 _DCIODVFY_LINE = re.compile(r"^(Error|Warning) - (.*)$")
 _PIXELMED_LINE = re.compile(r"^(Error|Warning): (.*)$")
+#: PixelMed progress lines; any other unprefixed line (e.g. "Parent content item ... has illegal
+#: relationship ...") is a finding and counts as an error.
+_PIXELMED_PROGRESS = re.compile(
+    r"^(Found .* IOD|Found Root Template .*|Root Template Validation Complete|IOD validation complete)$"
+)
 _DCMTK_LINE = re.compile(r"^([EFW]): (.*)$")
 
 
@@ -153,7 +158,15 @@ def run_pixelmed_sr_validator(path: Path, *, timeout_s: float = 300.0) -> Valida
     text = proc.stdout + proc.stderr
     if proc.returncode != 0 or "Exception" in proc.stderr or "validation complete" not in text:
         raise ValidatorFailed(f"DicomSRValidator failed on {path} (exit {proc.returncode}): {text[-800:]}")
-    return _parse("DicomSRValidator", path, text, _PIXELMED_LINE)
+    report = _parse("DicomSRValidator", path, text, _PIXELMED_LINE)
+    unprefixed = tuple(
+        line.strip()
+        for line in text.splitlines()
+        if line.strip()
+        and _PIXELMED_LINE.match(line.strip()) is None
+        and _PIXELMED_PROGRESS.match(line.strip()) is None
+    )
+    return ValidationReport(report.tool, path, report.errors + unprefixed, report.warnings, text)
 
 
 def run_dsrdump(path: Path, *, timeout_s: float = 60.0) -> ValidationReport:
