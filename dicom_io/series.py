@@ -31,7 +31,13 @@ import numpy.typing as npt
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.pixels import iter_pixels, pixel_array
-from pydicom.uid import UID, CTImageStorage, EnhancedCTImageStorage, LegacyConvertedEnhancedCTImageStorage
+from pydicom.uid import (
+    UID,
+    CTImageStorage,
+    DeflatedExplicitVRLittleEndian,
+    EnhancedCTImageStorage,
+    LegacyConvertedEnhancedCTImageStorage,
+)
 
 from dicom_io.errors import SeriesRejected
 from dicom_io.volume import SourceReference, Volume
@@ -384,12 +390,14 @@ def _read_pixels(ordered: Sequence[_Slice], instances: dict[Path, _Instance]) ->
         by_file.setdefault(item.path, []).append((k, item))
     for path, targets in by_file.items():
         try:
-            if targets[0][1].frame is None:
+            multiframe = targets[0][1].frame is not None
+            frames = _decoded_frames(path, instances[path].transfer_syntax, multiframe)
+            if not multiframe:
                 ((k, item),) = targets
-                _rescale_into(volume[k], pixel_array(path), item)
+                _rescale_into(volume[k], next(frames), item)
             else:
                 wanted = {item.frame: (k, item) for k, item in targets}
-                for frame, pixels in enumerate(iter_pixels(path)):
+                for frame, pixels in enumerate(frames):
                     if frame in wanted:
                         k, item = wanted[frame]
                         _rescale_into(volume[k], pixels, item)
@@ -402,6 +410,19 @@ def _read_pixels(ordered: Sequence[_Slice], instances: dict[Path, _Instance]) ->
                 f"undecodable pixel data in instance {path.name} ({name}): {type(exc).__name__}: {exc}"
             ) from None
     return volume
+
+
+def _decoded_frames(path: Path, transfer_syntax: str, multiframe: bool) -> Iterator[npt.NDArray[Any]]:
+    """Decoded frames of one file, one at a time (pydicom reads only the pixel data it needs)."""
+    if transfer_syntax == DeflatedExplicitVRLittleEndian:
+        # pydicom.pixels reads pixel data straight from the file and cannot inflate it; rare enough to
+        # decode through a full data set (one slice, or all frames of a deflated multi-frame file).
+        pixels = dcmread(path).pixel_array
+        yield from (pixels[None] if pixels.ndim == 2 else pixels)
+    elif multiframe:
+        yield from iter_pixels(path)
+    else:
+        yield pixel_array(path)
 
 
 def _rescale_into(out: npt.NDArray[np.float32], pixels: npt.NDArray[Any], item: _Slice) -> None:
