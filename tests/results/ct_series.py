@@ -116,7 +116,9 @@ def labelled_result(volume: Volume, labels: tuple[int, ...] = (22, 23, 24)) -> R
     """Box-shaped vertebrae along k with VerSe ``labels`` and their centroids as landmarks."""
     mask = np.zeros(volume.shape, dtype=np.uint8)
     nk = volume.shape[0]
-    per = max(1, (nk - 2) // len(labels))
+    per = (nk - 2) // len(labels)
+    if per < 2:
+        raise ValueError(f"{nk} slices are too few for {len(labels)} vertebrae (2 slices + a gap each)")
     landmarks = []
     for index, label in enumerate(labels):
         k0 = 1 + index * per
