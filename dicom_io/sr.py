@@ -37,6 +37,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
+from pydicom.valuerep import DA, TM
 
 from dicom_io.codes import (
     ALGORITHM_FAMILY,
@@ -171,6 +172,9 @@ def build_sr(
         device_serial_number=device_serial_number,
         coding_schemes=[private_coding_scheme_identification()] if uses_private_scheme(labels) else None,
     )
+    # The document describes the result's moment, not the moment it was encoded.
+    sr.ContentDate = DA(when.date())
+    sr.ContentTime = TM(when.time().replace(microsecond=0, tzinfo=None))
     # Appended after construction: highdicom's ContributingEquipment rejects the IHE AIR purpose code.
     sr["ContributingEquipmentSequence"].value.append(
         ai_contributing_equipment(
