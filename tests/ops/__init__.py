@@ -1,0 +1,1 @@
+"""Operations: health/metrics endpoint, logging, retention, systemd units."""
