@@ -233,12 +233,22 @@ class StorageSCP:
             ", ".join(sorted(self._allowed_hosts)) or "any",
         )
 
-    def stop(self) -> None:
-        """Stop listening and end open associations (idempotent)."""
+    def stop(self, grace_s: float = 5.0) -> None:
+        """Stop listening; open associations get ``grace_s`` seconds to finish, then are aborted.
+
+        An aborted sender retries the instances it got no success for; nothing half-written remains
+        (idempotent).
+        """
         server, self._server = self._server, None
         if server is None:
             return
         server.shutdown()
+        deadline = time.monotonic() + grace_s
+        while server.active_associations and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for assoc in server.active_associations:
+            log.warning("aborting association from %s at shutdown", _peer(assoc))
+            assoc.abort()
         log.info("DICOM SCP stopped")
 
     @property

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -251,3 +252,18 @@ def test_no_patient_data_or_uid_in_info_logs(
     assert "1 instance(s) stored" in text and "1 refused" in text
     for secret in ("Phantom", "RCV-001", "19700101", series.study_uid, series.series_uid, *series.sop_uids):
         assert secret not in text
+
+
+def test_stop_aborts_associations_left_open_after_the_grace_period(start_scp: StartSCP) -> None:
+    scp = start_scp()
+    assoc = associate(scp, contexts=(Verification,))
+    assert assoc.is_established
+    started = time.monotonic()
+    scp.stop(grace_s=0.2)
+    assert time.monotonic() - started < 3
+    deadline = time.monotonic() + 5
+    while assoc.is_established and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert assoc.is_aborted
+    assert not scp.running
+    scp.stop()  # idempotent
