@@ -181,8 +181,10 @@ class RetentionSweeper:
     # --- one job --------------------------------------------------------------------------------------
 
     def _purge(self, job: Job, reason: PurgeReason, now: datetime, report: RetentionReport) -> None:
-        output = self._inside_spool(job.output_path, report) if job.output_path else None
-        source = self._inside_spool(job.series.spool_path, report)
+        output = (
+            self._inside_spool(job.output_path, f"job {job.id} outputs", report) if job.output_path else None
+        )
+        source = self._inside_spool(job.series.spool_path, f"job {job.id} input folder", report)
         if not (output is not None and output.exists()) and not (source is not None and source.exists()):
             report.not_local.append(job.id)
             return
@@ -191,42 +193,50 @@ class RetentionSweeper:
             return
         (report.purged_by_age if reason == "age" else report.purged_by_watermark).append(job.id)
         if output is not None and output.exists() and job.output_path is not None:
-            self._remove_folder(output, job.output_path, newer_than=None, report=report)
+            self._remove_folder(
+                output, job.output_path, f"job {job.id} outputs", newer_than=None, report=report
+            )
         if source is not None and source.exists():
-            self._remove_input_folder(job.series, source, report)
+            self._remove_input_folder(job, source, report)
 
-    def _remove_input_folder(self, series: Series, folder: Path, report: RetentionReport) -> None:
-        """Remove a series folder unless a version sharing it is open or has a job that is not purged."""
+    def _remove_input_folder(self, job: Job, folder: Path, report: RetentionReport) -> None:
+        """Remove a job's series folder unless a version sharing it is open or has a job not purged."""
+        series = job.series
         versions = self.ledger.series_versions(series.series_instance_uid)
         sharing = [v for v in versions if v.spool_path == series.spool_path]
         if any(_needs_folder(v) for v in sharing):
             report.kept_shared.append(series.spool_path)
             return
         newest_known = max(v.last_received_at for v in sharing)
-        self._remove_folder(folder, series.spool_path, newer_than=newest_known, report=report)
+        self._remove_folder(
+            folder, series.spool_path, f"job {job.id} input folder", newer_than=newest_known, report=report
+        )
 
     # --- files ----------------------------------------------------------------------------------------
 
-    def _inside_spool(self, relpath: str, report: RetentionReport) -> Path | None:
-        """The folder a ledger path names, if it lies strictly inside the spool (symbolic links resolved)."""
+    def _inside_spool(self, relpath: str, what: str, report: RetentionReport) -> Path | None:
+        """The folder a ledger path names, if it lies strictly inside the spool (symbolic links resolved).
+
+        ``what`` names it in messages ("job 5 outputs"): the path itself holds UIDs, kept out of logs.
+        """
         try:
             path = self.spool.resolve(relpath)
-        except ValueError as exc:
-            report.errors.append(str(exc))
+        except ValueError:
+            report.errors.append(f"{what}: the ledger's path is not relative to the spool; left alone")
             return None
         root = self.spool.root.resolve()
         real = path.resolve()
         # At least two levels deep ("outgoing/<job>", "incoming/<study>/<series>"): never a top folder.
         if not real.is_relative_to(root) or len(real.relative_to(root).parts) < 2:
-            report.errors.append(f"spool path {relpath!r} resolves outside the spool or to a top folder")
+            report.errors.append(f"{what}: resolves outside the spool or to a top folder; left alone")
             return None
         if real.relative_to(root).parts[0] == TRASH_DIR:
-            report.errors.append(f"spool path {relpath!r} points into the retention trash")
+            report.errors.append(f"{what}: points into the retention trash; left alone")
             return None
         return real
 
     def _remove_folder(
-        self, folder: Path, relpath: str, *, newer_than: datetime | None, report: RetentionReport
+        self, folder: Path, relpath: str, what: str, *, newer_than: datetime | None, report: RetentionReport
     ) -> int:
         """Rename ``folder`` into the trash, move back files newer than ``newer_than``, delete the rest."""
         trash_root = self.spool.root / TRASH_DIR
@@ -237,15 +247,15 @@ class RetentionSweeper:
         except FileNotFoundError:
             return 0
         except OSError as exc:
-            report.errors.append(f"cannot remove {relpath}: {exc.strerror or exc}")
+            report.errors.append(f"cannot remove {what}: {exc.strerror or type(exc).__name__}")
             return 0
         if newer_than is not None:
-            self._restore_newer(parked, folder, newer_than.timestamp(), relpath, report)
+            self._restore_newer(parked, folder, newer_than.timestamp(), what, report)
         freed = _tree_size(parked)
         try:
             shutil.rmtree(parked)
         except OSError as exc:  # left in the trash; the next sweep tries again
-            report.errors.append(f"cannot delete the removed {relpath}: {exc.strerror or exc}")
+            report.errors.append(f"cannot delete the removed {what}: {exc.strerror or type(exc).__name__}")
         report.removed_paths.append(relpath)
         report.freed_bytes += freed
         if newer_than is not None and not folder.exists():
@@ -255,7 +265,7 @@ class RetentionSweeper:
         return freed
 
     def _restore_newer(
-        self, parked: Path, folder: Path, newer_than: float, relpath: str, report: RetentionReport
+        self, parked: Path, folder: Path, newer_than: float, what: str, report: RetentionReport
     ) -> None:
         """Move back files stored after the newest arrival the ledger knew of (a race with the SCP)."""
         restored = 0
@@ -269,9 +279,11 @@ class RetentionSweeper:
                     os.rename(path, target)
                     restored += 1
             except OSError as exc:
-                report.errors.append(f"cannot restore a new instance into {relpath}: {exc.strerror or exc}")
+                report.errors.append(
+                    f"cannot restore a new instance into {what}: {exc.strerror or type(exc).__name__}"
+                )
         if restored:
-            log.warning("retention: %d instance(s) arrived while %s was removed; kept", restored, relpath)
+            log.warning("retention: %d instance(s) arrived while %s was removed; kept", restored, what)
 
     def _empty_trash(self, report: RetentionReport) -> None:
         """Delete what an interrupted sweep left in the trash."""
@@ -285,4 +297,4 @@ class RetentionSweeper:
                 else:
                     leftover.unlink()
             except OSError as exc:
-                report.errors.append(f"cannot empty {TRASH_DIR}: {exc.strerror or exc}")
+                report.errors.append(f"cannot empty {TRASH_DIR}: {exc.strerror or type(exc).__name__}")
