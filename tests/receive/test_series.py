@@ -96,6 +96,14 @@ def test_compressed_instances_are_decoded(tmp_path: Path, syntax: str) -> None:
     np.testing.assert_array_equal(load_series(tmp_path).array, series.hu[::-1])
 
 
+def test_compressed_enhanced_ct_is_decoded_frame_by_frame(tmp_path: Path) -> None:
+    series = write_enhanced_ct(tmp_path / "mf.dcm", frames=10)
+    ds = dcmread(series.files[0])
+    ds.compress(RLELossless, generate_instance_uid=False)
+    ds.save_as(series.files[0], enforce_file_format=True)
+    np.testing.assert_array_equal(load_series(tmp_path).array, series.hu)
+
+
 # --- refusals -------------------------------------------------------------------------------------------
 
 
