@@ -90,6 +90,12 @@ def atomic_write(path: Path, data: bytes | Iterable[bytes]) -> int:
     return written
 
 
+def atomic_write_bytes(path: Path, data: bytes) -> int:
+    """:func:`atomic_write` that first creates the parent folder (durably) if it is missing."""
+    ensure_dir(path.parent)
+    return atomic_write(path, data)
+
+
 def is_no_space_error(exc: BaseException) -> bool:
     """True for the ``OSError`` a full disk or quota raises."""
     return isinstance(exc, OSError) and exc.errno in NO_SPACE_ERRNOS
@@ -144,6 +150,17 @@ class Spool:
         if candidate.is_absolute() or ".." in candidate.parts or not candidate.parts:
             raise ValueError(f"spool path {relpath!r} must be relative and stay inside the spool")
         return self.root / candidate
+
+    def relative(self, path: Path) -> str:
+        """The spool-relative form of ``path`` (what the ledger stores); refuses paths outside the root."""
+        absolute = Path(path).expanduser().absolute()
+        try:
+            relpath = absolute.relative_to(self.root)
+        except ValueError:
+            raise ValueError(f"{path} is not inside the spool {self.root}") from None
+        if ".." in relpath.parts or not relpath.parts:
+            raise ValueError(f"{path} is not inside the spool {self.root}")
+        return relpath.as_posix()
 
     # --- writing --------------------------------------------------------------------------------------
 

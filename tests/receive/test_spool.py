@@ -9,7 +9,7 @@ import pytest
 
 from dicom_io.errors import InvalidUID
 from dicom_io.uids import check_uid, is_valid_uid, uid_digest
-from storage.spool import Spool, atomic_write
+from storage.spool import Spool, atomic_write, atomic_write_bytes
 
 
 @pytest.mark.parametrize("uid", ["0", "1.2.840.10008.5.1.4.1.1.2", "2.25.0", "1." + "9" * 62])
@@ -59,6 +59,11 @@ def test_paths(tmp_path: Path) -> None:
         spool.instance_path("1.2", "1.2/../..", "1.2.3")
     with pytest.raises(ValueError):
         spool.output_dir(0)
+    assert spool.relative(spool.output_dir(7)) == spool.output_relpath(7) == "outgoing/7"
+    assert spool.relative(spool.incoming_dir("1.2", "1.3")) == "incoming/1.2/1.3"
+    for outside in (tmp_path, tmp_path / "spool", tmp_path / "spool/../elsewhere"):
+        with pytest.raises(ValueError, match="not inside the spool"):
+            spool.relative(outside)
 
 
 def test_atomic_write_replaces_and_leaves_nothing_behind_on_failure(tmp_path: Path) -> None:
@@ -75,6 +80,9 @@ def test_atomic_write_replaces_and_leaves_nothing_behind_on_failure(tmp_path: Pa
         atomic_write(target, failing())  # type: ignore[arg-type]
     assert target.read_bytes() == b"second"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.dcm"]
+
+    nested = tmp_path / "new" / "deeper" / "b.json"
+    assert atomic_write_bytes(nested, b"{}") == 2 and nested.read_bytes() == b"{}"
 
 
 def test_free_space_and_stale_temp_files(tmp_path: Path) -> None:
