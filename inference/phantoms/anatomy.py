@@ -868,7 +868,6 @@ def _ribs(spec: PhantomSpec, layout: SpineLayout, rng: np.random.Generator) -> t
                     marrow,
                     1.4,
                     0,
-                    blend=2.0,
                 )
             )
             # Costal cartilage to the sternum (true ribs) or the costal margin.

@@ -370,15 +370,17 @@ def union_sdf(
     box: tuple[slice, slice, slice],
     margin: float,
     blend: float = 0.0,
+    prim_boxes: Sequence[tuple[slice, slice, slice] | None] | None = None,
 ) -> F32:
     """Signed distance of the union of ``prims`` on ``box`` of ``grid``, exact within ``margin`` of surfaces.
 
-    Each primitive is evaluated only on the part of the box its bounding box (grown by ``margin``) covers.
+    Each primitive is evaluated only on the part of the box its bounding box (grown by ``margin``) covers;
+    ``prim_boxes`` may give those index boxes precomputed (same order as ``prims``).
     """
     shape = tuple(s.stop - s.start for s in box)
     out = np.full(shape, FAR_MM, dtype=np.float32)
-    for p in prims:
-        sub = grid.index_box(p.lo - margin, p.hi + margin)
+    for n, p in enumerate(prims):
+        sub = grid.index_box(p.lo - margin, p.hi + margin) if prim_boxes is None else prim_boxes[n]
         if sub is None:
             continue
         inter = tuple(
