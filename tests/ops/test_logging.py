@@ -6,12 +6,15 @@ import io
 import json
 import logging
 from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
 
 import pydicom
 import pytest
 
 from agent.logging_setup import REDACTED, configure_logging, redact_text, series_hash
 from config.settings import LoggingSettings
+from storage import JobState, Ledger
 
 UID = "1.2.826.0.1.3680043.8.498.12345678901234567890"
 
@@ -144,3 +147,25 @@ def test_debug_records_are_not_rewritten(restore_root_logging: None) -> None:
 )
 def test_redact_text(text: str, expected: str) -> None:
     assert redact_text(text) == expected
+
+
+def test_a_retention_sweep_logs_parseable_lines_without_uids(
+    restore_root_logging: None, ledger: Ledger, tmp_path: Path
+) -> None:
+    from storage.retention import RetentionSweeper
+    from tests.ops.scenario import finish, queue, receive, write_file
+    from tests.ops.test_retention import NOW, OLD, make_settings
+
+    stream = capture("json")
+    spool = tmp_path / "spool"
+    receive(ledger, spool, UID + ".1", UID + ".2", [UID + ".3"], OLD - timedelta(minutes=5))
+    job_id = queue(ledger, OLD - timedelta(minutes=4))
+    finish(ledger, spool, job_id, JobState.FAILED, OLD)
+    # An instance stored during the sweep: retention keeps it and warns (naming the job, not the series).
+    write_file(spool / f"incoming/{UID}.1/{UID}.2/{UID}.4.dcm", NOW)
+    report = RetentionSweeper(make_settings(spool, ledger.url), ledger, disk_probe=lambda _p: 99.0).sweep(NOW)
+    assert report.purged_jobs == [job_id]
+    entries = json_lines(stream)
+    assert [e["level"] for e in entries] == ["WARNING", "INFO", "WARNING"]
+    assert all(set(e) >= {"ts", "level", "logger", "message"} for e in entries)
+    assert UID not in stream.getvalue()
