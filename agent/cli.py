@@ -38,7 +38,7 @@ app.add_typer(db_app, name="db")
 app.add_typer(jobs_app, name="jobs")
 
 #: Modules under ``agent.commands`` that add commands (each has ``register(app)``).
-COMMAND_MODULES: tuple[str, ...] = ("train", "evaluate", "predict")
+COMMAND_MODULES: tuple[str, ...] = ("serve", "demo", "train", "evaluate", "predict")
 
 
 class CliState:

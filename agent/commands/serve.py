@@ -1,0 +1,25 @@
+"""``spine-agent serve``."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def serve(
+        grace: Annotated[
+            float,
+            typer.Option(min=0, help="Seconds to let the current job finish on SIGTERM before releasing it."),
+        ] = 20.0,
+    ) -> None:
+        """Run the agent: Storage SCP, quiet-timer scheduler, engine worker, sender, health/metrics."""
+        from agent.cli import settings
+        from agent.logging_setup import configure_logging
+        from agent.service import AgentService
+
+        cfg = settings()
+        configure_logging(cfg.logging)
+        AgentService(cfg, shutdown_grace_s=grace).run_until_signalled()

@@ -1,0 +1,65 @@
+"""Reading our own results back: landmarks from a TID 1500 SR, the spine mask from a SEG.
+
+Used by the demo (which reads what the PACS received) and by tests; tolerant of anything highdicom
+reads, strict about what it returns.
+"""
+
+from __future__ import annotations
+
+import highdicom as hd
+import numpy as np
+import numpy.typing as npt
+from pydicom.dataset import Dataset
+
+from dicom_io.volume import Volume
+from inference.result import VERTEBRA_NAMES, Landmark
+
+_LABEL_BY_NAME = {name: label for label, name in VERTEBRA_NAMES.items()}
+
+
+def landmarks_from_sr(dataset: Dataset) -> list[Landmark]:
+    """One :class:`Landmark` per measurement group with a 3D point, labelled by its tracking identifier."""
+    sr = hd.sr.Comprehensive3DSR.from_dataset(dataset, copy=False)
+    report = sr.content
+    if not isinstance(report, hd.sr.MeasurementReport):
+        raise ValueError("not a TID 1500 Measurement Report")
+    landmarks: list[Landmark] = []
+    for group in report.get_planar_roi_measurement_groups():
+        roi = group.roi
+        name = str(group.tracking_identifier)
+        if not isinstance(roi, hd.sr.ImageRegion3D) or name not in _LABEL_BY_NAME:
+            continue
+        point = np.asarray(roi.value, dtype=np.float64).reshape(-1, 3)[0]
+        confidence = 1.0
+        for measurement in group.get_measurements():
+            if measurement.name.value == "111012":  # DCM Certainty of Finding, in %
+                confidence = float(measurement.value) / 100.0
+        landmarks.append(
+            Landmark(
+                label=_LABEL_BY_NAME[name],
+                position_lps=(float(point[0]), float(point[1]), float(point[2])),
+                confidence=confidence,
+            )
+        )
+    return landmarks
+
+
+def mask_from_seg(dataset: Dataset, volume: Volume) -> npt.NDArray[np.uint8]:
+    """The union of all segments of our SEG on ``volume``'s grid (1 inside, 0 outside)."""
+    if volume.source is None:
+        raise ValueError("the volume has no source references to match SEG frames against")
+    seg = hd.seg.Segmentation.from_dataset(dataset, copy=False)
+    uids = list(dict.fromkeys(volume.source.sop_instance_uids))
+    referenced = {uid for _, _, uid in seg.get_source_image_uids()}
+    present = [uid for uid in uids if uid in referenced]
+    mask = np.zeros(volume.shape, dtype=np.uint8)
+    if not present:
+        return mask
+    pixels = seg.get_pixels_by_source_instance(
+        source_sop_instance_uids=present, ignore_spatial_locations=True, combine_segments=False
+    )
+    union = np.asarray(np.asarray(pixels).any(axis=-1), dtype=np.uint8)
+    index = {uid: k for k, uid in enumerate(volume.source.sop_instance_uids)}
+    for n, uid in enumerate(present):
+        mask[index[uid]] = union[n]
+    return mask
