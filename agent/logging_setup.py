@@ -194,7 +194,7 @@ _QUIET_LOGGERS: dict[str, int] = {
     "pynetdicom": logging.WARNING,
     "apscheduler.executors.default": logging.WARNING,
     "apscheduler.scheduler": logging.WARNING,
-    "alembic.runtime.migration": logging.WARNING,
+    "alembic": logging.WARNING,
 }
 
 
