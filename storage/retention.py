@@ -123,20 +123,18 @@ class RetentionSweeper:
         report = RetentionReport(now=now)
         self._empty_trash(report)
         report.disk_percent_before = report.disk_percent_after = self._disk_percent()
-        candidates = self.ledger.purge_candidates()
-        cutoff = now - self.max_age
-        remaining: list[Job] = []
-        for job in candidates:
-            if job.finished_at is not None and job.finished_at < cutoff:
-                self._purge(job, "age", now, report)
-            else:
-                remaining.append(job)
+        for job in self.ledger.purge_candidates(finished_before=now - self.max_age):
+            self._purge(job, "age", now, report)
         disk = self._disk_percent()
-        for job in remaining:
-            if disk <= self.high_watermark_percent:
-                break
-            self._purge(job, "watermark", now, report)
-            disk = self._disk_percent()
+        if disk > self.high_watermark_percent:
+            # Only now the younger finished jobs are read: oldest finished first.
+            for job in self.ledger.purge_candidates():
+                if disk <= self.high_watermark_percent:
+                    break
+                if job.id in report.not_local:
+                    continue
+                self._purge(job, "watermark", now, report)
+                disk = self._disk_percent()
         report.disk_percent_after = disk
         self._log(report)
         self._count(report)
