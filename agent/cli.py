@@ -366,4 +366,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # Run through the imported module, so commands that import ``agent.cli`` share one CLI state.
+    from agent.cli import main as _imported_main
+
+    _imported_main()
