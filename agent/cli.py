@@ -33,9 +33,11 @@ app = typer.Typer(
 config_app = typer.Typer(help="Check or print the configuration.", no_args_is_help=True)
 db_app = typer.Typer(help="Ledger database maintenance.", no_args_is_help=True)
 jobs_app = typer.Typer(help="Inspect and steer jobs in the ledger.", no_args_is_help=True)
+deliveries_app = typer.Typer(help="Inspect and re-send result deliveries.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 app.add_typer(db_app, name="db")
 app.add_typer(jobs_app, name="jobs")
+app.add_typer(deliveries_app, name="deliveries")
 
 #: Modules under ``agent.commands`` that add commands (each has ``register(app)``).
 COMMAND_MODULES: tuple[str, ...] = ("serve", "demo", "train", "evaluate", "predict")
@@ -294,6 +296,49 @@ def jobs_cancel(job_id: Annotated[int, typer.Argument(help="Job id (QUEUED or RU
     """Cancel a QUEUED or RUNNING job."""
     job = open_ledger(settings()).cancel_job(job_id)
     console.print(f"job {job.id} is {job.state.value}")
+
+
+@deliveries_app.command("list")
+def deliveries_list(
+    job_id: Annotated[int | None, typer.Option("--job", help="Only this job's deliveries.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """List deliveries (oldest first) with their state, attempts and last status."""
+    rows: list[dict[str, Any]] = [
+        {
+            "id": d.id,
+            "job_id": d.job_id,
+            "destination": d.destination,
+            "state": d.state.value,
+            "attempts": d.attempts,
+            "next_attempt_at": d.next_attempt_at.isoformat(),
+            "last_status": None if d.last_status is None else f"0x{d.last_status:04X}",
+            "last_error": d.last_error,
+        }
+        for d in open_ledger(settings()).list_deliveries(job_id)
+    ]
+    if as_json:
+        sys.stdout.write(json.dumps(rows, indent=2) + "\n")
+        return
+    table = Table(title=f"{len(rows)} deliver(ies)")
+    for column in ("id", "job", "destination", "state", "attempts", "last status", "last error"):
+        table.add_column(column)
+    for r in rows:
+        table.add_row(
+            *(str(r[key]) for key in ("id", "job_id", "destination", "state", "attempts")),
+            str(r["last_status"] or ""),
+            str(r["last_error"] or ""),
+        )
+    console.print(table)
+
+
+@deliveries_app.command("retry")
+def deliveries_retry(
+    delivery_id: Annotated[int, typer.Argument(help="Delivery id (FAILED or CANCELLED).")],
+) -> None:
+    """Send a FAILED or CANCELLED delivery again (instances already stored there are not re-sent)."""
+    delivery = open_ledger(settings()).retry_delivery(delivery_id)
+    console.print(f"delivery {delivery.id} to {delivery.destination} is {delivery.state.value}")
 
 
 # --- echo ---------------------------------------------------------------------------------------------

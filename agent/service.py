@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from types import FrameType
 
 from agent import metrics
-from agent.http import HealthServer
+from agent.http import CheckResult, HealthServer
 from agent.pipeline import Predictor
 from agent.scheduler import AgentScheduler
 from agent.scp import StorageSCP
@@ -91,7 +91,10 @@ class AgentService:
         self.scheduler.start()
         if self.settings.http.port:
             self.http = HealthServer(
-                self.settings, self.ledger, model_loaded=lambda: self._engine is not None
+                self.settings,
+                self.ledger,
+                model_loaded=lambda: self._engine is not None,
+                extra_checks={"scp": self._check_scp, "worker": self._check_worker},
             )
             self.http.start()
         self.scp = StorageSCP(self.settings, self.ledger, spool=self.spool)
@@ -103,6 +106,14 @@ class AgentService:
             len(self.settings.destinations),
             version,
         )
+
+    def _check_scp(self) -> CheckResult:
+        running = self.scp is not None and self.scp.running
+        return CheckResult(running, "listening" if running else "the DICOM SCP is not listening")
+
+    def _check_worker(self) -> CheckResult:
+        alive = self.worker is not None and self.worker.alive
+        return CheckResult(alive, "running" if alive else "the job worker is not running")
 
     def _deliver(self) -> None:
         run_due_deliveries(self.ledger, self.settings)

@@ -82,6 +82,11 @@ class JobWorker:
         return current
 
     @property
+    def alive(self) -> bool:
+        """True while the worker thread runs."""
+        return self._thread is not None and self._thread.is_alive()
+
+    @property
     def busy(self) -> bool:
         return self._current is not None
 

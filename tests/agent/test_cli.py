@@ -121,3 +121,31 @@ def test_echo_to_nobody_is_a_clear_error() -> None:
     result = run_cli("echo", "127.0.0.1", str(free_port()), "--timeout", "3")
     assert result.returncode == 2
     assert "association" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_deliveries_list_and_retry(config_file: Path, tmp_path: Path) -> None:
+    from storage import DeliveryState
+
+    assert run_cli("db", "upgrade", config=config_file).returncode == 0
+    ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.sqlite3'}")
+    ledger.record_instance("1.2.840", "1.2.840.7", 10, "p", now=utcnow() - timedelta(minutes=5))
+    (job_id,) = ledger.queue_quiet_series(30)
+    ledger.claim_job("w", 60)
+    ledger.succeed_job(
+        job_id, owner="w", timings={}, model_version="v", output_path="o", destinations=["pacs"]
+    )
+    (delivery,) = ledger.list_deliveries(job_id)
+    ledger.record_delivery_attempt(
+        delivery.id,
+        sent_instances=[],
+        status=0xA700,
+        error="peer out of resources",
+        outcome=DeliveryState.FAILED,
+    )
+    rows = json.loads(run_cli("deliveries", "list", "--json", config=config_file).stdout)
+    assert [(r["id"], r["state"], r["last_status"]) for r in rows] == [(delivery.id, "FAILED", "0xA700")]
+    retried = run_cli("deliveries", "retry", str(delivery.id), config=config_file)
+    assert retried.returncode == 0 and "PENDING" in retried.stdout
+    assert ledger.list_deliveries(job_id)[0].state == DeliveryState.PENDING
+    again = run_cli("deliveries", "retry", str(delivery.id), config=config_file)
+    assert again.returncode == 2 and "cannot go from PENDING to PENDING" in again.stderr
