@@ -89,15 +89,15 @@ def _dims(
 # Nominal adult dimensions. Bodies/discs per anchors.md; posterior elements from standard anatomy texts
 # (canal ~24x15 mm cervical, ~17x16 thoracic, ~23x17 lumbar; thoracic spinous processes steeply caudal).
 NOMINAL: dict[str, LevelDims] = {
-    "C1": _dims(10.0, 0.0, 0.0, 3.0, 26, 30, 3.5, 0, 4, 6, 0, 4, 18, 3.5),
+    "C1": _dims(10.0, 0.0, 0.0, 6.5, 26, 30, 3.5, 0, 4, 6, 0, 4, 18, 3.5),
     "C2": _dims(15.0, 17, 15.0, 4.5, 24, 15, 3.2, 6, 4.0, 20, 20, 5.5, 9, 2.6),
     "C3": _dims(12.5, 16, 15.5, 4.5, 24, 13, 2.6, 5, 2.6, 12, 20, 3.2, 10, 2.3),
     "C4": _dims(12.5, 17, 16.0, 4.8, 24, 13, 2.6, 5, 2.6, 13, 22, 3.2, 10, 2.3),
     "C5": _dims(12.8, 18, 16.0, 5.0, 25, 13, 2.7, 5, 2.7, 14, 22, 3.3, 11, 2.4),
     "C6": _dims(13.0, 20, 16.5, 5.0, 25, 13, 2.8, 5.5, 2.8, 17, 25, 3.4, 12, 2.5),
     "C7": _dims(14.0, 22, 17.0, 4.5, 24, 13, 3.0, 6, 3.0, 26, 28, 3.8, 13, 3.2),
-    "T1": _dims(15.0, 26, 17.5, 3.5, 20, 14, 3.4, 6.5, 3.4, 28, 38, 3.0, 20, 4.0),
-    "T2": _dims(16.5, 27, 19.5, 3.6, 17, 14, 3.3, 8, 3.5, 31, 45, 3.1, 20, 4.0),
+    "T1": _dims(15.5, 26, 18.5, 3.5, 20, 14, 3.1, 6.0, 3.2, 26, 38, 2.8, 19, 3.6),
+    "T2": _dims(16.5, 27, 20.0, 3.6, 17, 14, 3.2, 7.5, 3.4, 30, 45, 3.0, 19, 3.8),
     "T3": _dims(17.0, 27, 21.0, 3.8, 16, 14.5, 3.2, 8, 3.5, 34, 52, 3.2, 19.5, 4.0),
     "T4": _dims(17.5, 27.5, 23.0, 4.0, 16, 15, 3.2, 8, 3.6, 37, 58, 3.4, 19.5, 4.1),
     "T5": _dims(18.0, 28, 24.5, 4.0, 16, 15, 3.3, 8.5, 3.6, 40, 62, 4.0, 21, 4.1),
@@ -228,11 +228,11 @@ def _level_dims(spec: PhantomSpec, names: list[str], rng: np.random.Generator) -
         s = spec.vertebra_scale * float(rng.normal(1.0, 0.025))
         h_scale = s * float(rng.normal(1.0, 0.03))
         disc = d.disc * spec.vertebra_scale * float(rng.normal(1.0, 0.08))
-        if d.disc > 0 and name[0] in "CTL":
+        if d.disc > 0 and name[0] in "CTL" and name != "C1":  # C1-C2 is a synovial joint, no disc
             # Degenerative disc narrowing, most often low lumbar and low cervical.
             prone = 1.0 if name in ("L4", "L5", "L6", "C5", "C6") else 0.45
             if narrow_rng[n] < spec.degeneration * prone:
-                disc *= float(rng.uniform(0.3, 0.7))
+                disc *= float(rng.uniform(0.55, 0.8) if name[0] == "C" else rng.uniform(0.4, 0.75))
         if spec.variant == "sacralised_L5" and name == "L5":
             disc *= 0.4
         out.append(
@@ -309,19 +309,19 @@ def _trunk_table(spec: PhantomSpec, layout_levels: list[Level], curve: F64) -> F
     add(c1.centre[2] + 150, 20 * bs, 20 * bs, 20, c1)
     add(c1.centre[2] + 120, 70 * bs, 82 * bs, 75, c1)
     add(c1.centre[2] + 40, 76 * bs, 95 * bs, 75, c1)
-    add(c1.centre[2] + 5, 65 * bs + 0.3 * fat, 80 * bs, 60, c1)
-    add(c4.centre[2], 55 * bs + 0.6 * fat, 58 * bs + 0.6 * fat, 45 + 0.6 * fat, c4)
-    add(c7.centre[2], 75 * bs + 0.8 * fat, 62 * bs + 0.8 * fat, 50 + 0.8 * fat, c7)
-    add(t1.centre[2], 160 * bs * shoulder + fat, 85 * bs + fat, 60 + fat, t1)
-    add(t4.centre[2], 165 * bs * shoulder + fat, 105 * bs + fat, 62 + fat, t4)
-    add(t8.centre[2], 155 * bs + fat, 118 * bs + fat, 62 + fat, t8)
-    add(t12.centre[2], 150 * bs + 1.3 * fat, 118 * bs + 1.6 * fat, 65 + fat, t12)
-    add(l3.centre[2], 148 * bs + 1.6 * fat, 112 * bs + 2.2 * fat, 68 + 1.2 * fat, l3)
-    add(l5.centre[2], 162 * bs + 1.6 * fat, 112 * bs + 2.0 * fat, 72 + 1.2 * fat, l5)
-    add(s1.centre[2] - 20, 178 * bs + 1.5 * fat, 112 * bs + 1.5 * fat, 95 + fat, l5)
-    add(s_last.centre[2] - 40, 180 * bs + 1.5 * fat, 110 * bs + 1.2 * fat, 85 + fat, l5)
-    add(s_last.centre[2] - 160, 170 * bs + 1.5 * fat, 100 * bs + 1.2 * fat, 85 + fat, l5)
-    add(s_last.centre[2] - 260, 160 * bs + fat, 90 * bs + fat, 80 + fat, l5)
+    add(c1.centre[2] + 5, 65 * bs + 0.3 * fat, 80 * bs, 64, c1)
+    add(c4.centre[2], 55 * bs + 0.6 * fat, 60 * bs + 0.6 * fat, 62 + 0.6 * fat, c4)
+    add(c7.centre[2], 80 * bs + 0.8 * fat, 66 * bs + 0.8 * fat, 72 + 0.8 * fat, c7)
+    add(t1.centre[2], 160 * bs * shoulder + fat, 88 * bs + fat, 80 + fat, t1)
+    add(t4.centre[2], 165 * bs * shoulder + fat, 105 * bs + fat, 85 + fat, t4)
+    add(t8.centre[2], 155 * bs + fat, 118 * bs + fat, 85 + fat, t8)
+    add(t12.centre[2], 150 * bs + 1.3 * fat, 118 * bs + 1.6 * fat, 90 + fat, t12)
+    add(l3.centre[2], 148 * bs + 1.6 * fat, 112 * bs + 2.2 * fat, 92 + 1.2 * fat, l3)
+    add(l5.centre[2], 162 * bs + 1.6 * fat, 112 * bs + 2.0 * fat, 95 + 1.2 * fat, l5)
+    add(s1.centre[2] - 20, 178 * bs + 1.5 * fat, 112 * bs + 1.5 * fat, 105 + fat, l5)
+    add(s_last.centre[2] - 40, 180 * bs + 1.5 * fat, 110 * bs + 1.2 * fat, 100 + fat, l5)
+    add(s_last.centre[2] - 160, 170 * bs + 1.5 * fat, 100 * bs + 1.2 * fat, 95 + fat, l5)
+    add(s_last.centre[2] - 260, 160 * bs + fat, 90 * bs + fat, 90 + fat, l5)
     tab = np.array(rows)
     return tab[np.argsort(tab[:, 0])]
 
@@ -728,9 +728,9 @@ def _ilium_and_hips(spec: PhantomSpec, layout: SpineLayout, rng: np.random.Gener
     cortex, marrow = spec.cortical_hu * 0.95, spec.cancellous_hu * 0.85 + 20
     out: list[Structure] = []
     for s in (-1.0, 1.0):
-        cx = s1c[0] + s * 52.0 * bs
-        cy = y0 - 40.0 * bs
-        ax, ay = 78.0 * bs, 58.0 * bs
+        cx = s1c[0] + s * 40.0 * bs
+        cy = y0 - 35.0 * bs
+        ax, ay = 80.0 * bs, 52.0 * bs
         table = [
             (z_low - 25.0, cx + s * 10, cy - 15.0, ax * 0.55, ay * 0.6),
             (z_low, cx + s * 4, cy - 5.0, ax * 0.75, ay * 0.78),
@@ -744,19 +744,19 @@ def _ilium_and_hips(spec: PhantomSpec, layout: SpineLayout, rng: np.random.Gener
         centre_pt = layout.roll_point(np.array([cx, cy, z_crest]))
         below_top = HalfSpace([0.0, 0.0, z_crest], [0.0, 0.0, 1.0])
         above_bottom = HalfSpace([0.0, 0.0, z_low - 25.0], [0.0, 0.0, -1.0])
-        # Keep the arc of the ellipse from phi = -25 deg (posteromedial, at the sacroiliac joint) to
-        # phi = 140 deg (anterior superior iliac spine); phi = 0 points posteriorly, 90 laterally.
+        # Keep the arc of the ellipse from phi = 15 deg (posteromedial, at the sacroiliac joint) to
+        # phi = 128 deg (anterior superior iliac spine); phi = 0 points posteriorly, 90 laterally.
         rz = rotation_z(layout.body_roll)
-        ray0 = np.array([s * np.sin(np.radians(-25.0)), np.cos(np.radians(-25.0)), 0.0])
-        ray1 = np.array([s * np.sin(np.radians(140.0)), np.cos(np.radians(140.0)), 0.0])
+        ray0 = np.array([s * np.sin(np.radians(15.0)), np.cos(np.radians(15.0)), 0.0])
+        ray1 = np.array([s * np.sin(np.radians(128.0)), np.cos(np.radians(128.0)), 0.0])
         n0 = -s * np.array([ray0[1], -ray0[0], 0.0])  # normal pointing to the excluded (medial) side
         n1 = s * np.array([ray1[1], -ray1[0], 0.0])
         keep_lateral = HalfSpace(centre_pt, rz @ n0)
         keep_posterior = HalfSpace(centre_pt, rz @ n1)
-        wing = Intersection(Shell(loft, 6.5), keep_lateral, keep_posterior, below_top, above_bottom)
+        wing = Intersection(Shell(loft, 5.5), keep_lateral, keep_posterior, below_top, above_bottom)
         prims: list[Primitive] = [wing]
         # Iliac crest: a thick rim along the top of the wing.
-        phis = np.radians(np.linspace(-25, 128, 12))
+        phis = np.radians(np.linspace(15, 125, 12))
         crest = [
             layout.roll_point(
                 np.array(

@@ -126,7 +126,7 @@ def compose_soft_tissue(spec: PhantomSpec, skeleton: Skeleton, grid: Grid, rng: 
         coarse_shape,
     )
     vol = np.full(coarse.shape, -1000.0, dtype=np.float32)
-    edge = max(coarse.spacing) * 1.0
+    edge = max(coarse.spacing) * 1.25
     for tissue in build_tissues(spec, skeleton, coarse, rng):
         paint_tissue(vol, coarse, tissue, edge)
     return _upsample(vol, (factors[2], factors[1], factors[0]), grid.shape)

@@ -19,6 +19,7 @@ from inference.phantoms.shapes import (
     Difference,
     Ellipsoid,
     Grid,
+    HalfSpace,
     Intersection,
     Loft,
     Primitive,
@@ -75,12 +76,21 @@ def _smooth_noise(shape: tuple[int, ...], sigma_vox: tuple[float, ...], rng: np.
     return (field / np.float32(std)).astype(np.float32)
 
 
+def table_top(layout: SpineLayout) -> float:
+    """World y of the surface the patient lies on: the back is flattened a little against it."""
+    tz, cx, cy, a, b = layout.trunk.T
+    z_lo = layout.levels[-1].centre[2] - 40.0
+    z_hi = layout.level("T1").centre[2]
+    rows = (tz >= z_lo) & (tz <= z_hi)
+    back = float(np.max((cy + b)[rows])) if rows.any() else float(np.max(cy + b))
+    return back - 10.0
+
+
 def _table(spec: PhantomSpec, layout: SpineLayout, rng: np.random.Generator) -> list[Tissue]:
     """Patient table under the back (posterior, +y): carbon-fibre shells with a foam core, and a pad."""
     tz, cx, cy, a, b = layout.trunk.T
-    back = float(np.max(cy + b))
     x0 = float(np.mean(cx))
-    top = back + float(rng.uniform(-2.0, 6.0))
+    top = table_top(layout)
     pad = float(rng.uniform(0.0, 15.0))
     width = float(rng.uniform(190.0, 240.0))
     z0, z1 = float(tz.min()) - 2000.0, float(tz.max()) + 2000.0
@@ -173,12 +183,14 @@ def build_tissues(
     last_t = "T13" if "T13" in levels else "T12"
     sac = [lv.name for lv in layout.levels if lv.name.startswith("S")]
     out: list[Tissue] = list(_table(spec, layout, rng))
-    # Skin contour (filled with subcutaneous fat), then the muscle wall inside it.
-    out.append(Tissue("subcutaneous_fat", [loft(trunk, 0.35)], fat_hu))
+    # Skin contour (filled with subcutaneous fat) flattened on the table, then the muscle wall inside it.
+    on_table = HalfSpace([0.0, table_top(layout), 0.0], [0.0, 1.0, 0.0])
+    out.append(Tissue("subcutaneous_fat", [Intersection(loft(trunk, 0.35), on_table)], fat_hu))
     inner = trunk.copy()
     inner[:, 3] -= fat * 0.9 + 2.0
     inner[:, 4] -= fat * 1.1 + 2.0
-    out.append(Tissue("muscle_wall", [loft(inner, 0.35)], muscle))
+    back_fat = HalfSpace([0.0, table_top(layout) - 0.6 * fat - 4.0, 0.0], [0.0, 1.0, 0.0])
+    out.append(Tissue("muscle_wall", [Intersection(loft(inner, 0.35), back_fat)], muscle))
     # Arms beside the trunk when they are down.
     if not spec.arms_up:
         for s in (-1.0, 1.0):
@@ -199,6 +211,66 @@ def build_tissues(
                 arm_m = [(z, x, y, a - fat * 0.6 - 3, b - fat * 0.6 - 3) for z, x, y, a, b in rows]
                 out.append(Tissue("arm_muscle", [loft(arm_m)], muscle))
 
+    # ---- abdomen and pelvis: visceral fat, the peritoneal cavity (bowel) in front of the spine, organs
+    z_dome = cz["T10"]
+    order = sorted(cz, key=lambda n: cz[n])
+    lz = np.array([cz[n] for n in order])
+    ly = np.array([cxy[n][1] for n in order])
+    ld = np.array([levels[n].dims.depth for n in order])
+    vis_rows, per_rows = [], []
+    for z, x, y, a, b in inner:
+        if cz[sac[-1]] - 140 < z < z_dome + 10:
+            vis_rows.append((z, x, y, a - 8.0, b - 8.0))
+            front = y - b + 12.0
+            back = float(np.interp(z, lz, ly) - 0.5 * np.interp(z, lz, ld) + 4.0)
+            if back - front > 20:
+                per_rows.append((z, x, 0.5 * (front + back), a - 16.0, 0.5 * (back - front)))
+    if len(vis_rows) >= 2:
+        visceral = loft(vis_rows)
+        out.append(Tissue("visceral_fat", [visceral], fat_hu * 0.9))
+        if len(per_rows) >= 2:
+            bowel = _bowel_texture(grid, rng, spec, oral, fat_hu)
+            out.append(
+                Tissue("peritoneal_cavity", [Intersection(loft(per_rows, 0.3), visceral)], 0.0, texture=bowel)
+            )
+        liver_c = np.array([cxy[last_t][0] - 70.0 * spec.body_scale, cxy[last_t][1] - 85.0, z_dome - 40.0])
+        liver = Ellipsoid(layout.roll_point(liver_c), rz @ _rz(0.3), [85.0 * spec.body_scale, 80.0, 85.0])
+        liver_hu = 60.0 + (55.0 if venous else 20.0 if arterial else 0.0)
+        out.append(Tissue("liver", [Intersection(liver, visceral)], liver_hu + float(rng.normal(0, 5))))
+        spleen_c = np.array([cxy["T11"][0] + 85.0 * spec.body_scale, cxy["T11"][1] - 10.0, z_dome - 45.0])
+        out.append(
+            Tissue(
+                "spleen",
+                [Intersection(Ellipsoid(layout.roll_point(spleen_c), rz, [30.0, 48.0, 55.0]), visceral)],
+                48.0 + (70.0 if (venous or arterial) else 0.0),
+            )
+        )
+        for s in (-1.0, 1.0):
+            kc = np.array(
+                [
+                    cxy["L1"][0] + s * (levels["L1"].dims.width / 2 + 42.0),
+                    cxy["L1"][1] - 12.0,
+                    cz["L1"] - (12.0 if s < 0 else 0.0),
+                ]
+            )
+            kid = Ellipsoid(layout.roll_point(kc), rz @ _rz(s * 0.5), [27.0, 32.0, 55.0])
+            k_hu = 35.0 + (160.0 if arterial else 130.0 if venous else 0.0)
+            out.append(Tissue("kidney", [kid], k_hu))
+            out.append(
+                Tissue(
+                    "renal_sinus",
+                    [Ellipsoid(layout.roll_point(kc + [-s * 10.0, -5.0, 0.0]), rz, [9.0, 12.0, 28.0])],
+                    fat_hu * 0.5,
+                )
+            )
+        blad = np.array([cxy[sac[-1]][0], cxy[sac[-1]][1] - 115.0 * spec.body_scale, cz[sac[-1]] - 35.0])
+        out.append(
+            Tissue(
+                "bladder",
+                [Ellipsoid(layout.roll_point(blad), rz, [45.0, 38.0, 40.0])],
+                float(rng.uniform(0, 15)),
+            )
+        )
     # ---- thorax: rib-cage interior, lungs with vessels, mediastinum, heart, great vessels, airway
     thorax = skeleton.thorax.copy()
     if len(thorax):
@@ -232,8 +304,8 @@ def build_tissues(
                 med.append((z, x, y - b * 0.15, 28.0 + 0.15 * a, b * 0.75))
         if len(med) >= 2:
             out.append(Tissue("mediastinum", [loft(med)], fat_hu * 0.6 + 20))
-        heart_c = np.array([cxy["T8"][0] + 25.0, cxy["T8"][1] - 95.0 * spec.body_scale, cz["T8"] - 5.0])
-        heart = Ellipsoid(layout.roll_point(heart_c), rz @ _rz(np.radians(-35)), [62.0, 50.0, 55.0])
+        heart_c = np.array([cxy["T8"][0] + 30.0, cxy["T8"][1] - 105.0 * spec.body_scale, cz["T8"] - 5.0])
+        heart = Ellipsoid(layout.roll_point(heart_c), rz @ _rz(np.radians(-35)), [58.0, 42.0, 52.0])
         out.append(Tissue("heart", [heart], 45.0 if blood < 100 else blood * 0.9))
         if blood > 100:
             out.append(Tissue("myocardium", [Difference(Shell(heart, 10.0), heart)], 55.0))
@@ -301,54 +373,6 @@ def build_tissues(
         jug = [np.array([cxy[n][0] + s * 32.0, cxy[n][1] - 14.0, cz[n]]) for n in ("C2", "C4", "C6", "T1")]
         out.append(Tissue("jugular", polyline_capsules([layout.roll_point(p) for p in jug], 5.5), vein))
 
-    # ---- abdomen and pelvis
-    z_dome = cz["T10"]
-    abd_rows = []
-    for z, x, y, a, b in inner:
-        if cz[sac[-1]] - 60 < z < z_dome + 10:
-            abd_rows.append((z, x, y - 8.0, a - 12.0, b - 14.0))
-    if len(abd_rows) >= 2:
-        abd = loft(abd_rows)
-        bowel = _bowel_texture(grid, rng, spec, oral, fat_hu)
-        out.append(Tissue("abdomen", [abd], 0.0, texture=bowel))
-        liver_c = np.array([cxy[last_t][0] - 70.0 * spec.body_scale, cxy[last_t][1] - 85.0, z_dome - 40.0])
-        liver = Ellipsoid(layout.roll_point(liver_c), rz @ _rz(0.3), [85.0 * spec.body_scale, 80.0, 85.0])
-        liver_hu = 60.0 + (55.0 if venous else 20.0 if arterial else 0.0)
-        out.append(Tissue("liver", [Intersection(liver, abd)], liver_hu + float(rng.normal(0, 5))))
-        spleen_c = np.array([cxy["T11"][0] + 85.0 * spec.body_scale, cxy["T11"][1] - 10.0, z_dome - 45.0])
-        out.append(
-            Tissue(
-                "spleen",
-                [Intersection(Ellipsoid(layout.roll_point(spleen_c), rz, [30.0, 48.0, 55.0]), abd)],
-                48.0 + (70.0 if (venous or arterial) else 0.0),
-            )
-        )
-        for s in (-1.0, 1.0):
-            kc = np.array(
-                [
-                    cxy["L1"][0] + s * (levels["L1"].dims.width / 2 + 42.0),
-                    cxy["L1"][1] - 12.0,
-                    cz["L1"] - (12.0 if s < 0 else 0.0),
-                ]
-            )
-            kid = Ellipsoid(layout.roll_point(kc), rz @ _rz(s * 0.5), [27.0, 32.0, 55.0])
-            k_hu = 35.0 + (160.0 if arterial else 130.0 if venous else 0.0)
-            out.append(Tissue("kidney", [kid], k_hu))
-            out.append(
-                Tissue(
-                    "renal_sinus",
-                    [Ellipsoid(layout.roll_point(kc + [-s * 10.0, -5.0, 0.0]), rz, [9.0, 12.0, 28.0])],
-                    fat_hu * 0.5,
-                )
-            )
-        blad = np.array([cxy[sac[-1]][0], cxy[sac[-1]][1] - 115.0 * spec.body_scale, cz[sac[-1]] - 35.0])
-        out.append(
-            Tissue(
-                "bladder",
-                [Ellipsoid(layout.roll_point(blad), rz, [45.0, 38.0, 40.0])],
-                float(rng.uniform(0, 15)),
-            )
-        )
     # Psoas muscles from T12 down along the lumbar bodies into the pelvis.
     for s in (-1.0, 1.0):
         rows = []
@@ -370,9 +394,9 @@ def build_tissues(
             d = lv.dims
             c = unrolled(lv.centre)
             kind = lv.name[0]
-            w = {"C": 16.0, "T": 22.0, "L": 30.0, "S": 22.0}[kind] * spec.body_scale
-            depth = {"C": 22.0, "T": 24.0, "L": 30.0, "S": 18.0}[kind]
-            y = c[1] + d.depth / 2 + d.canal_depth + depth + 4.0
+            w = {"C": 15.0, "T": 20.0, "L": 27.0, "S": 20.0}[kind] * spec.body_scale
+            depth = {"C": 17.0, "T": 19.0, "L": 24.0, "S": 14.0}[kind]
+            y = c[1] + d.depth / 2 + d.canal_depth + depth * 0.75
             rows.append((c[2], c[0] + s * (w + 4.0), y, w, depth))
         out.append(Tissue("paraspinal", [loft(rows)], para_hu))
     # Gluteal muscles behind and beside the pelvis.
@@ -419,17 +443,21 @@ def _rz(angle: float) -> F64:
 
 
 def _vessel_texture(grid: Grid, rng: np.random.Generator, spec: PhantomSpec) -> Texture:
-    """Lung parenchyma: -850 HU with branching-looking vessels from thresholded band-pass noise."""
+    """Lung parenchyma: ~-850 HU with a network of vessels (where two smooth noise fields are both ~0)."""
     base = float(rng.uniform(-880, -820))
     seed = int(rng.integers(2**31))
+    radius = float(rng.uniform(0.33, 0.42))
 
     def texture(x: F32, y: F32, z: F32, box: tuple[slice, slice, slice]) -> F32:
         shape = tuple(s.stop - s.start for s in box)
         g = np.random.default_rng(seed)
-        sig = tuple(max(3.0 / sp, 0.6) for sp in (grid.spacing[2], grid.spacing[1], grid.spacing[0]))
+        sig = tuple(max(5.0 / sp, 0.6) for sp in (grid.spacing[2], grid.spacing[1], grid.spacing[0]))
         n1 = _smooth_noise(shape, sig, g)
-        vessels = np.clip((np.abs(n1) < 0.12) * 1.0, 0, 1).astype(np.float32)
-        return (base + 700.0 * vessels * 0.35 + 15.0 * n1).astype(np.float32)
+        n2 = _smooth_noise(shape, sig, g)
+        # Tubes: the intersection of two thin sheets |n1| ~ 0 and |n2| ~ 0, anti-aliased.
+        r2 = n1 * n1 + n2 * n2
+        vessels = np.clip((radius * radius - r2) / (radius * radius) * 3.0, 0.0, 1.0)
+        return (base + (40.0 - base) * 0.8 * vessels + 12.0 * n1).astype(np.float32)
 
     return texture
 
