@@ -260,6 +260,10 @@ def backoff_delay(attempts: int, base_s: float, cap_s: float) -> float:
     return float(min(cap_s, base_s * 2.0 ** min(attempts - 1, 62)))
 
 
+#: Seconds a sending attempt holds its delivery (another agent on the same ledger skips it meanwhile).
+DELIVERY_LEASE_S = 300.0
+
+
 def run_due_deliveries(ledger: Ledger, settings: Settings, now: datetime | None = None) -> list[Delivery]:
     """Attempt every delivery that is due; return the rows as recorded after their attempt.
 
@@ -269,6 +273,8 @@ def run_due_deliveries(ledger: Ledger, settings: Settings, now: datetime | None 
     spool = Spool(settings.storage.spool_dir)
     updated: list[Delivery] = []
     for delivery in ledger.due_deliveries(now):
+        if not ledger.claim_delivery(delivery, DELIVERY_LEASE_S, now):
+            continue  # another agent sharing the ledger is sending it
         try:
             updated.append(deliver(ledger, settings, spool, delivery, now))
         except Exception:  # keep the loop alive: the next tick tries again

@@ -428,6 +428,26 @@ class Ledger:
                 ).all()
             )
 
+    def claim_delivery(self, delivery: Delivery, lease_s: float, now: datetime | None = None) -> bool:
+        """Take the due ``delivery`` for one sending attempt (compare-and-set on attempts and due time).
+
+        Pushes its due time ``lease_s`` ahead, so another agent sharing the ledger skips it, and so a
+        crash mid-send makes it due again after the lease. False when someone else took it first.
+        """
+        now = now or utcnow()
+        with self.transaction() as session:
+            result = session.execute(
+                update(Delivery)
+                .where(
+                    Delivery.id == delivery.id,
+                    Delivery.state == DeliveryState.PENDING,
+                    Delivery.attempts == delivery.attempts,
+                    Delivery.next_attempt_at == delivery.next_attempt_at,
+                )
+                .values(next_attempt_at=now + timedelta(seconds=lease_s))
+            )
+            return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
     def list_deliveries(self, job_id: int | None = None) -> list[Delivery]:
         with self.transaction() as session:
             query = select(Delivery).order_by(Delivery.id)

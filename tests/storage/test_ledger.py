@@ -214,6 +214,20 @@ def test_delivery_attempts_back_off_and_finish(ledger: Ledger) -> None:
     assert ledger.delivery_counts()[DeliveryState.DELIVERED] == 1
 
 
+def test_a_due_delivery_is_claimed_once(ledger: Ledger) -> None:
+    job_id = queued_job(ledger)
+    ledger.claim_job("w1", 60, now=T0)
+    ledger.succeed_job(
+        job_id, owner="w1", timings={}, model_version="v1", output_path="o", destinations=["pacs"], now=T0
+    )
+    (seen_by_a,) = ledger.due_deliveries(now=T0)
+    (seen_by_b,) = ledger.due_deliveries(now=T0)
+    assert ledger.claim_delivery(seen_by_a, 300, now=T0)
+    assert not ledger.claim_delivery(seen_by_b, 300, now=T0)  # the other agent lost the race
+    assert ledger.due_deliveries(now=T0 + timedelta(seconds=299)) == []
+    assert len(ledger.due_deliveries(now=T0 + timedelta(seconds=300))) == 1  # lease lapsed: due again
+
+
 def test_naive_datetimes_are_refused(ledger: Ledger) -> None:
     with pytest.raises(Exception, match="naive datetime"):
         ledger.record_instance("1", "1.1", 1, "p", now=datetime(2026, 1, 1))
