@@ -40,7 +40,7 @@ app.add_typer(jobs_app, name="jobs")
 app.add_typer(deliveries_app, name="deliveries")
 
 #: Modules under ``agent.commands`` that add commands (each has ``register(app)``).
-COMMAND_MODULES: tuple[str, ...] = ("serve", "demo", "train", "evaluate", "predict")
+COMMAND_MODULES: tuple[str, ...] = ("serve", "demo", "train", "evaluate", "predict", "phantom")
 
 
 class CliState:
