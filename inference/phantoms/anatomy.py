@@ -660,23 +660,20 @@ def _sacrum(spec: PhantomSpec, layout: SpineLayout, rng: np.random.Generator) ->
         prims.append(VertebralBody(lv.centre, lv.rot, body))
         b = d.depth / 2
         # Dorsal wall behind the sacral canal.
+        # Ellipsoids overlap from segment to segment, so the fused sacrum has no steps.
         prims.append(
-            _rbox(
-                lv,
-                [0, b + d.canal_depth + d.lamina_thickness / 2, -1.0],
-                np.eye(3),
-                [d.width * 0.38 + 3, d.lamina_thickness / 2 + 0.5, d.height / 2 + 2.0],
-                1.5,
+            Ellipsoid(
+                lv.to_world([0, b + d.canal_depth + d.lamina_thickness / 2, -1.0]),
+                lv.rot,
+                [d.width * 0.4 + 3, d.lamina_thickness / 2 + 1.0, d.height / 2 + 5.0],
             )
         )
         for s in (-1.0, 1.0):
             prims.append(
-                _rbox(
-                    lv,
-                    [s * (d.canal_width / 2 + 2.5), b + d.canal_depth / 2, 0],
-                    np.eye(3),
-                    [3.0, d.canal_depth / 2 + 2, d.height / 2 + 1.5],
-                    1.5,
+                Ellipsoid(
+                    lv.to_world([s * (d.canal_width / 2 + 2.5), b + d.canal_depth / 2, 0]),
+                    lv.rot,
+                    [3.5, d.canal_depth / 2 + 3, d.height / 2 + 4.0],
                 )
             )
         if d.spinous_length > 0:
@@ -692,15 +689,8 @@ def _sacrum(spec: PhantomSpec, layout: SpineLayout, rng: np.random.Generator) ->
         hz = (16.0, 13.0, 10.0)[n] * spec.vertebra_scale
         hy = (16.0, 14.0, 11.0)[n] * spec.vertebra_scale
         for s in (-1.0, 1.0):
-            prims.append(
-                _rbox(
-                    lv,
-                    [s * (d.width / 2 + w / 2 - 6), 3.0 + n * 2.0, -2.0 * n],
-                    _rot_z(-s * 12),
-                    [w / 2 + 6, hy, hz],
-                    6.0,
-                )
-            )
+            centre = lv.to_world([s * (d.width / 2 + w / 2 - 6), 3.0 + n * 2.0, -2.0 * n])
+            prims.append(Ellipsoid(centre, lv.rot @ _rot_z(-s * 12), [w / 2 + 9, hy + 2, hz + 4]))
     s1 = sac[0]
     d = s1.dims
     for s in (-1.0, 1.0):
@@ -901,20 +891,23 @@ def _ribs(spec: PhantomSpec, layout: SpineLayout, rng: np.random.Generator) -> t
     if sternum_pts:
         top = sternum_pts[0] + np.array([0, 4.0, 22.0])
         bottom = sternum_pts[-1] + np.array([0, 0, -30.0])
-        st: list[Primitive] = [
-            RoundBox(
-                layout.roll_point(top + np.array([0, 0, -18.0])),
-                rotation_z(layout.body_roll),
-                [26.0 * bs, 6.5, 22.0],
-                5.0,
-            ),
-        ]
-        pts = [top + np.array([0, 0, -38.0]), *sternum_pts[2:], bottom]
-        pts = [layout.roll_point(p) for p in pts]
-        for p0, p1 in zip(pts[:-1], pts[1:], strict=True):
-            mid = 0.5 * (p0 + p1)
-            half_h = float(np.linalg.norm(p1 - p0)) / 2 + 4.0
-            st.append(RoundBox(mid, rotation_z(layout.body_roll), [15.0 * bs, 5.5, half_h], 4.0))
+        # A straight, slightly tilted sternum: y fitted linearly against z through the rib attachments.
+        zs = np.array([p[2] for p in sternum_pts])
+        ys = np.array([p[1] for p in sternum_pts])
+        slope, intercept = np.polyfit(zs, ys, 1) if len(zs) > 1 else (0.0, float(ys[0]))
+        x0 = float(np.mean([p[0] for p in sternum_pts]))
+        st: list[Primitive] = []
+        z_man = top[2] - 45.0
+        for z0, z1, half_w, half_t in (
+            (top[2], z_man, 26.0 * bs, 6.5),
+            (z_man + 3.0, bottom[2], 15.0 * bs, 5.5),
+        ):
+            p0 = layout.roll_point(np.array([x0, slope * z0 + intercept, z0]))
+            p1 = layout.roll_point(np.array([x0, slope * z1 + intercept, z1]))
+            rot = frame_from(p0 - p1, rotation_z(layout.body_roll) @ np.array([0.0, 1.0, 0.0]))
+            half_len = float(np.linalg.norm(p0 - p1)) / 2
+            st.append(RoundBox(0.5 * (p0 + p1), rot, [half_w, half_t, half_len], 4.0))
+        top = np.array([x0, slope * top[2] + intercept, top[2]])
         structures.append(Structure("sternum", st, cortex * 0.8, marrow, 1.2, 0, blend=3.0))
         # Clavicles from the manubrium out to the shoulders.
         for s in (-1.0, 1.0):

@@ -195,17 +195,9 @@ def build_tissues(
     if not spec.arms_up:
         for s in (-1.0, 1.0):
             rows = []
-            for z, x, y, a, _b in trunk:
-                if cz["T1"] + 40 > z > cz["L5"] - 60:
-                    rows.append(
-                        (
-                            z,
-                            x + s * (a + 10 + 45 * spec.body_scale),
-                            y + 15,
-                            42 * spec.body_scale + fat * 0.6,
-                            45 * spec.body_scale + fat * 0.6,
-                        )
-                    )
+            for z, x, y, a, _b in _rows_between(trunk, cz["L5"] - 60, cz["T1"] + 40):
+                arm_a = 42 * spec.body_scale + fat * 0.6
+                rows.append((z, x + s * (a + 10 + 45 * spec.body_scale), y + 15, arm_a, arm_a + 3))
             if len(rows) >= 2:
                 out.append(Tissue("arm_fat", [loft(rows)], fat_hu))
                 arm_m = [(z, x, y, a - fat * 0.6 - 3, b - fat * 0.6 - 3) for z, x, y, a, b in rows]
@@ -218,13 +210,12 @@ def build_tissues(
     ly = np.array([cxy[n][1] for n in order])
     ld = np.array([levels[n].dims.depth for n in order])
     vis_rows, per_rows = [], []
-    for z, x, y, a, b in inner:
-        if cz[sac[-1]] - 140 < z < z_dome + 10:
-            vis_rows.append((z, x, y, a - 8.0, b - 8.0))
-            front = y - b + 12.0
-            back = float(np.interp(z, lz, ly) - 0.5 * np.interp(z, lz, ld) + 4.0)
-            if back - front > 20:
-                per_rows.append((z, x, 0.5 * (front + back), a - 16.0, 0.5 * (back - front)))
+    for z, x, y, a, b in _rows_between(inner, cz[sac[-1]] - 140, z_dome + 10):
+        vis_rows.append((z, x, y, a - 8.0, b - 8.0))
+        front = y - b + 12.0
+        back = float(np.interp(z, lz, ly) - 0.5 * np.interp(z, lz, ld) + 4.0)
+        if back - front > 20:
+            per_rows.append((z, x, 0.5 * (front + back), a - 16.0, 0.5 * (back - front)))
     if len(vis_rows) >= 2:
         visceral = loft(vis_rows)
         out.append(Tissue("visceral_fat", [visceral], fat_hu * 0.9))
@@ -305,7 +296,7 @@ def build_tissues(
         if len(med) >= 2:
             out.append(Tissue("mediastinum", [loft(med)], fat_hu * 0.6 + 20))
         heart_c = np.array([cxy["T8"][0] + 30.0, cxy["T8"][1] - 105.0 * spec.body_scale, cz["T8"] - 5.0])
-        heart = Ellipsoid(layout.roll_point(heart_c), rz @ _rz(np.radians(-35)), [58.0, 42.0, 52.0])
+        heart = Ellipsoid(layout.roll_point(heart_c), rz @ _rz(np.radians(-35)), [52.0, 40.0, 50.0])
         out.append(Tissue("heart", [heart], 45.0 if blood < 100 else blood * 0.9))
         if blood > 100:
             out.append(Tissue("myocardium", [Difference(Shell(heart, 10.0), heart)], 55.0))
@@ -436,6 +427,17 @@ def build_tissues(
         )
     )
     return out
+
+
+def _rows_between(table: F64, z_lo: float, z_hi: float) -> F64:
+    """Rows of a (z, ...) table between two heights, with rows interpolated exactly at both ends."""
+    z = table[:, 0]
+    ends = [
+        np.array([zz, *(np.interp(zz, z, table[:, c]) for c in range(1, table.shape[1]))])
+        for zz in (z_lo, z_hi)
+    ]
+    inside = table[(z > z_lo) & (z < z_hi)]
+    return np.vstack([ends[0], inside, ends[1]])
 
 
 def _rz(angle: float) -> F64:
