@@ -311,7 +311,9 @@ def _trunk_table(spec: PhantomSpec, layout_levels: list[Level], curve: F64) -> F
     add(c1.centre[2] + 40, 76 * bs, 95 * bs, 75, c1)
     add(c1.centre[2] + 5, 65 * bs + 0.3 * fat, 80 * bs, 64, c1)
     add(c4.centre[2], 55 * bs + 0.6 * fat, 60 * bs + 0.6 * fat, 62 + 0.6 * fat, c4)
-    add(c7.centre[2], 80 * bs + 0.8 * fat, 66 * bs + 0.8 * fat, 72 + 0.8 * fat, c7)
+    add(c7.centre[2] + 12, 75 * bs + 0.8 * fat, 64 * bs + 0.8 * fat, 70 + 0.8 * fat, c7)
+    # The shoulders (acromion level) sit between C7 and T1: full width already there.
+    add(0.4 * c7.centre[2] + 0.6 * t1.centre[2] + 4, 150 * bs * shoulder + fat, 80 * bs + fat, 76 + fat, t1)
     add(t1.centre[2], 160 * bs * shoulder + fat, 88 * bs + fat, 80 + fat, t1)
     add(t4.centre[2], 165 * bs * shoulder + fat, 105 * bs + fat, 85 + fat, t4)
     add(t8.centre[2], 155 * bs + fat, 118 * bs + fat, 85 + fat, t8)
@@ -808,7 +810,7 @@ def _ribs(spec: PhantomSpec, layout: SpineLayout, rng: np.random.Generator) -> t
     # Rib n lateral half-span (mm) and antero-posterior half-depth at the widest, adult means.
     span = np.array([52, 76, 95, 108, 118, 125, 130, 132, 130, 126, 115, 100, 92])
     depth = np.array([38, 52, 64, 72, 78, 82, 86, 88, 88, 86, 82, 76, 70])
-    drop = np.array([18, 38, 52, 60, 64, 66, 66, 62, 55, 45, 32, 24, 20])
+    drop = np.array([34, 50, 60, 68, 72, 74, 72, 66, 58, 48, 34, 26, 22])
     end_phi = np.array([165, 165, 165, 165, 165, 160, 158, 150, 148, 142, 115, 95, 88])
     cortex = spec.cortical_hu * 0.9
     marrow = spec.cancellous_hu * 0.9 + 40
@@ -889,7 +891,7 @@ def _ribs(spec: PhantomSpec, layout: SpineLayout, rng: np.random.Generator) -> t
             (cu[2] + d.height * 0.3 - drop[n] * 0.35, cu[0], cu[1] + post - B, A - 6.0, B - 6.0)
         )
     if sternum_pts:
-        top = sternum_pts[0] + np.array([0, 4.0, 22.0])
+        top = sternum_pts[0] + np.array([0, 4.0, 6.0])
         bottom = sternum_pts[-1] + np.array([0, 0, -30.0])
         # A straight, slightly tilted sternum: y fitted linearly against z through the rib attachments.
         zs = np.array([p[2] for p in sternum_pts])
@@ -915,8 +917,8 @@ def _ribs(spec: PhantomSpec, layout: SpineLayout, rng: np.random.Generator) -> t
             c_pts = [
                 m,
                 m + np.array([s * 50.0 * bs, 12.0, 6.0]),
-                m + np.array([s * 105.0 * bs, 45.0, 10.0]),
-                m + np.array([s * 135.0 * bs, 70.0, 14.0 if spec.arms_up else 4.0]),
+                m + np.array([s * 85.0 * bs, 40.0, 8.0]),
+                m + np.array([s * 112.0 * bs, 62.0, 10.0 if spec.arms_up else 4.0]),
             ]
             structures.append(
                 Structure(
@@ -939,19 +941,19 @@ def _scapulae_and_arms(spec: PhantomSpec, layout: SpineLayout, thorax: F64) -> l
     bs = spec.body_scale
     cortex, marrow = spec.cortical_hu * 0.9, spec.cancellous_hu * 0.8 + 40
     for s in (-1.0, 1.0):
-        up = 12.0 if spec.arms_up else 0.0
-        lat = 88.0 * bs + (15.0 if spec.arms_up else 0.0)
+        up = 6.0 if spec.arms_up else 0.0
+        lat = 82.0 * bs + (6.0 if spec.arms_up else 0.0)
         top = np.array([t2c[0] + s * lat, t2c[1] + 35.0, t2c[2] + 12 + up])
         bottom = np.array([t7c[0] + s * (lat - 25.0), t7c[1] + 40.0, t7c[2] + up])
         mid = 0.5 * (top + bottom)
         ez = (top - bottom) / np.linalg.norm(top - bottom)
         rot = frame_from(ez, np.array([s * 0.45, 1.0, 0.0]))
-        half = [38.0 * bs, 2.6, float(np.linalg.norm(top - bottom)) / 2 + 10]
+        half = [32.0 * bs, 2.6, float(np.linalg.norm(top - bottom)) / 2 + 2.0]
         prims: list[Primitive] = [
             RoundBox(layout.roll_point(mid), rotation_z(layout.body_roll) @ rot, half, 2.4)
         ]
         spine_a = top + np.array([-s * 20.0, 4.0, -15.0])
-        acromion = top + np.array([s * 45.0 * bs, -5.0, 10.0])
+        acromion = top + np.array([s * 32.0 * bs, -5.0, 6.0])
         prims += polyline_capsules([layout.roll_point(spine_a), layout.roll_point(acromion)], [4.0, 6.0])
         glenoid = top + np.array([s * 38.0 * bs, -25.0, -8.0])
         prims.append(Ellipsoid(layout.roll_point(glenoid), np.eye(3), [8.0, 14.0, 18.0]))

@@ -17,7 +17,7 @@ import numpy as np
 import numpy.typing as npt
 
 from dicom_io.volume import Volume
-from inference.phantoms.anatomy import Skeleton, SpineLayout, Structure, build_skeleton, level_positions
+from inference.phantoms.anatomy import Skeleton, Structure, build_skeleton, level_positions
 from inference.phantoms.artefacts import add_noise, add_streaks
 from inference.phantoms.shapes import Grid, Primitive, bounds_of, union_sdf
 from inference.phantoms.spec import STREAM_DETAIL, STREAM_NOISE, PhantomSpec, stream
@@ -340,8 +340,3 @@ def vertebra_centroids(skeleton: Skeleton, grid: Grid) -> dict[int, tuple[float,
         if np.all(c >= lo - 1e-6) and np.all(c <= hi + 1e-6):
             out[st.label] = (float(c[0]), float(c[1]), float(c[2]))
     return out
-
-
-def layout_of(spec: PhantomSpec) -> SpineLayout:
-    """The spine layout of a spec (level centres and frames), without painting anything."""
-    return level_positions(spec)

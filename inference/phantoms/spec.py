@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -106,7 +106,6 @@ class PhantomSpec:
     blur_mm: float = 0.5  # in-plane Gaussian PSF sigma
     beam_hardening: float = 1.0
     kvp: float = 120.0
-    extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
@@ -161,7 +160,6 @@ class PhantomSpec:
                 value = overrides.pop(key)
             acquisition[key] = value
 
-        acquisition.pop("_pixel")
         slice_step = acquisition.pop("_slice_step")
         base = cls(
             seed=int(seed),
@@ -317,9 +315,6 @@ def _draw_acquisition(rng: np.random.Generator, fov: str) -> dict[str, Any]:
     )
     overlap = thickness > 1.0 and rng.uniform() < 0.2
     step = thickness * (0.8 if overlap else 1.0)
-    # In-plane pixel 0.5-1 mm; spine-targeted fields of view are small.
-    lo, hi = {"cervical": (0.45, 0.72), "lumbar": (0.55, 0.9)}.get(fov, (0.62, 0.98))
-    pixel = float(rng.uniform(lo, hi))
     kvp = float(rng.choice([80.0, 100.0, 120.0, 140.0], p=[0.08, 0.27, 0.55, 0.1]))
     # Image noise grows for thin slices and low kV.
     noise = float(rng.uniform(8, 26) * math.sqrt(2.5 / max(thickness, 0.6)) ** 0.7 * (120 / kvp) ** 0.7)
@@ -329,7 +324,6 @@ def _draw_acquisition(rng: np.random.Generator, fov: str) -> dict[str, Any]:
         "blur_mm": float(rng.uniform(0.3, 0.8)),
         "beam_hardening": float(rng.uniform(0.3, 1.6)),
         "kvp": kvp,
-        "_pixel": pixel,  # unused since the matrix is 512 over fov_width_mm; kept for stream stability
         "_slice_step": step,
     }
 
