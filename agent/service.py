@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from types import FrameType
 
 from agent import metrics
+from agent.errors import UserError
 from agent.http import CheckResult, HealthServer
 from agent.pipeline import Predictor
 from agent.scheduler import AgentScheduler
@@ -34,10 +35,13 @@ DELIVERY_TICK_S = 2.0
 
 def load_engine(settings: Settings) -> Predictor:
     """Build the predictor once (weights from config, or the newest shipped version)."""
-    from inference.engine import Engine
+    from inference.engine import Engine, WeightsError
 
     device = None if settings.engine.device == "auto" else settings.engine.device
-    return Engine.from_weights(settings.engine.weights_dir, device=device)
+    try:
+        return Engine.from_weights(settings.engine.weights_dir, device=device)
+    except WeightsError as exc:
+        raise UserError(f"engine weights: {exc}") from None
 
 
 @dataclass
