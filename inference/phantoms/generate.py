@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from scipy import ndimage
 
 from dicom_io.volume import Volume
 from inference.phantoms.anatomy import Skeleton, Structure, build_skeleton, level_positions
@@ -187,6 +188,7 @@ def paint_structure(
     st: Structure,
     slice_mm: float,
     blur_mm: float,
+    texture: F32 | None = None,
 ) -> None:
     """Composite one bone structure into ``vol``: cortex + marrow, anti-aliased, with the slice profile.
 
@@ -240,7 +242,7 @@ def paint_structure(
         if hit.size:
             prims = [st.prims[n] for n in hit]
             boxes = [pb_list[n] for n in hit]
-            _paint_tile(vol, labels, grid, st, prims, boxes, tile, margin, w_xy, w_z, anisotropic)
+            _paint_tile(vol, labels, grid, st, prims, boxes, tile, margin, w_xy, w_z, anisotropic, texture)
 
 
 def _paint_tile(
@@ -255,6 +257,7 @@ def _paint_tile(
     w_xy: float,
     w_z: float,
     anisotropic: bool,
+    texture: F32 | None,
 ) -> None:
     if anisotropic:
         # ``moved`` index m is ``grid`` index m - 1, so the tile's slices +-1 are moved[start : stop + 2].
@@ -280,6 +283,11 @@ def _paint_tile(
     if st.cortex_mm > 0:
         inner = np.clip(0.5 - (d + np.float32(st.cortex_mm)) * inv_w, 0.0, 1.0)
         value = occ * np.float32(st.cortex_hu) + inner * np.float32(st.marrow_hu - st.cortex_hu)
+        if texture is not None:
+            # Trabecular mottling: a periodic noise tile indexed by voxel position (HU offsets).
+            n = texture.shape[0]
+            idx = [np.arange(t.start, t.stop) % n for t in tile]
+            value += inner * texture[np.ix_(idx[0], idx[1], idx[2])]
     else:
         value = occ * np.float32(st.marrow_hu)
     view = vol[tile]
@@ -295,16 +303,33 @@ def paint_bones(
     """Discs, then the other bones, then the vertebrae (labelled), then implants."""
     slice_mm = spec.effective_slice_thickness
     blur = spec.blur_mm
+    texture = trabecular_texture(spec, grid)
     implants = [st for st in skeleton.others if st.name in ("screws", "rods")]
     others = [st for st in skeleton.others if st.name not in ("screws", "rods")]
     for st in skeleton.discs:
         paint_structure(vol, None, grid, st, slice_mm, blur)
     for st in others:
-        paint_structure(vol, labels, grid, st, slice_mm, blur)
+        paint_structure(vol, labels, grid, st, slice_mm, blur, texture)
     for st in skeleton.vertebrae:
-        paint_structure(vol, labels, grid, st, slice_mm, blur)
+        paint_structure(vol, labels, grid, st, slice_mm, blur, texture)
     for st in implants:
         paint_structure(vol, None, grid, st, slice_mm, blur)
+
+
+def trabecular_texture(spec: PhantomSpec, grid: Grid) -> F32 | None:
+    """A 32-voxel periodic tile of trabecular-like mottling (HU), fainter for coarse voxels (None: invisible).
+
+    Amplitude grows with bone density (denser trabeculae, more contrast) and falls with the voxel size
+    (coarse voxels average the ~0.5 mm trabecular pattern away).
+    """
+    voxel = max(grid.spacing[0], grid.spacing[1])
+    amplitude = (10.0 + 0.15 * spec.cancellous_hu) * min(1.0, 0.7 / voxel) * min(1.0, 2.0 / grid.spacing[2])
+    if amplitude < 3.0:
+        return None
+    rng = stream(spec.seed, STREAM_NOISE + 10)
+    sigma = max(0.6, 0.4 / voxel)
+    tile = ndimage.gaussian_filter(rng.standard_normal((32, 32, 32), dtype=np.float32), sigma, mode="wrap")
+    return (tile * np.float32(amplitude / max(float(tile.std()), 1e-6))).astype(np.float32)
 
 
 def vertebra_centroid(st: Structure) -> F64:

@@ -471,7 +471,8 @@ def _bowel_texture(
     seed = int(rng.integers(2**31))
     fill = float(np.clip(0.6 - 0.08 * (spec.adiposity - 1.0), 0.35, 0.75))
     gas_frac = float(rng.uniform(0.04, 0.2))
-    lumen = float(rng.uniform(250, 450)) if oral else float(rng.uniform(15, 35))
+    fluid = float(rng.uniform(15, 35))
+    lumen = float(rng.uniform(250, 450)) if oral else fluid
 
     def texture(x: F32, y: F32, z: F32, box: tuple[slice, slice, slice]) -> F32:
         shape = tuple(s.stop - s.start for s in box)
@@ -480,14 +481,19 @@ def _bowel_texture(
         loops = _smooth_noise(shape, sig_loops, g)
         gas = _smooth_noise(shape, sig_loops, g)
         thr = float(np.quantile(loops, 1.0 - fill))
-        in_bowel = np.clip((loops - thr) * 4.0, 0.0, 1.0)
+        in_bowel = np.clip((loops - thr) * 2.5, 0.0, 1.0)
         wall = np.clip(1.0 - np.abs(loops - thr) * 6.0, 0.0, 1.0)
         # Gas rises: more gas anteriorly (smaller y) in a supine patient.
         yn = (y - y.mean()) / max(float(np.ptp(y)), 1.0)
         gthr = float(np.quantile(gas, 1.0 - gas_frac)) + 0.8 * yn
-        in_gas = np.clip((gas - gthr) * 5.0, 0.0, 1.0) * in_bowel
-        content = np.where(g.uniform(size=1) < 0.5, lumen, lumen)
-        hu = fat_hu + in_bowel * (float(content[0]) - fat_hu) + wall * (40.0 - fat_hu) * 0.5
+        in_gas = np.clip((gas - gthr) * 2.5, 0.0, 1.0) * in_bowel
+        if oral:
+            # Oral contrast fills some loops only (a third smooth field picks which).
+            which = np.clip(_smooth_noise(shape, sig_loops, g) * 2.0, 0.0, 1.0)
+            content = fluid + (lumen - fluid) * which
+        else:
+            content = np.float32(lumen)
+        hu = fat_hu + in_bowel * (content - fat_hu) + wall * (40.0 - fat_hu) * 0.5
         hu = hu + in_gas * (-1000.0 - hu)
         return hu.astype(np.float32)
 
