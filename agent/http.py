@@ -7,6 +7,7 @@
   ``{"ready": false, "checks": {"ledger": {"ok": true, "detail": "reachable"}, ...}}``.
 * ``GET /metrics``: the Prometheus text format of :data:`agent.metrics.REGISTRY`; the gauges that mirror
   the ledger and the disk are refreshed at each scrape.
+* ``/``, ``/dashboard...`` and ``/api/...``: the admin dashboard (:mod:`agent.dashboard`), when given one.
 
 Nothing here reads DICOM or patient data. A stdlib :class:`~http.server.ThreadingHTTPServer` is enough:
 the endpoint serves a scraper and a load balancer's probes, not users.
@@ -30,6 +31,7 @@ from typing import Any, NamedTuple
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from agent import metrics
+from agent.dashboard import Dashboard, DashboardRequest, DashboardResponse
 from config import Settings
 from storage import Ledger
 
@@ -37,6 +39,8 @@ log = logging.getLogger(__name__)
 
 #: Bytes in the MiB of ``storage.disk_reserve_mb``.
 MIB = 1024 * 1024
+#: Largest request body read (and discarded): the dashboard's actions carry none.
+MAX_BODY_BYTES = 64 * 1024
 
 
 class DiskUsage(NamedTuple):
@@ -186,17 +190,54 @@ class _Handler(BaseHTTPRequestHandler):
             elif path == "/metrics":
                 refresh_scrape_gauges(owner.ledger, owner.readiness.spool_dir, owner.readiness.disk_probe)
                 self._send(HTTPStatus.OK, generate_latest(metrics.REGISTRY), CONTENT_TYPE_LATEST)
-            else:
+            elif not self._to_dashboard("GET"):
                 self._send(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain; charset=utf-8")
         except Exception:
             log.exception("http: %s failed", path)
             self._send(HTTPStatus.INTERNAL_SERVER_ERROR, b"internal error\n", "text/plain; charset=utf-8")
 
-    def _send(self, status: HTTPStatus, body: bytes, content_type: str) -> None:
+    def do_POST(self) -> None:
+        path = self.path.split("?", 1)[0]
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            length = -1
+        if not 0 <= length <= MAX_BODY_BYTES:
+            self.close_connection = True
+            self._send(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, b"body too large\n", "text/plain; charset=utf-8")
+            return
+        self.rfile.read(length)  # keep the connection in step; nothing reads the body
+        try:
+            if not self._to_dashboard("POST"):
+                self._send(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain; charset=utf-8")
+        except Exception:
+            log.exception("http: POST %s failed", path)
+            self._send(HTTPStatus.INTERNAL_SERVER_ERROR, b"internal error\n", "text/plain; charset=utf-8")
+
+    def _to_dashboard(self, method: str) -> bool:
+        """Let the dashboard answer; False when there is none or the path is not its."""
+        dashboard = self.server.owner.dashboard
+        if dashboard is None:
+            return False
+        path, _, query = self.path.partition("?")
+        request = DashboardRequest(
+            method, path, query, self.headers.get("Authorization"), self.client_address[0]
+        )
+        response: DashboardResponse | None = dashboard.handle(request)
+        if response is None:
+            return False
+        self._send(response.status, response.body, response.content_type, response.headers)
+        return True
+
+    def _send(
+        self, status: HTTPStatus, body: bytes, content_type: str, headers: Mapping[str, str] | None = None
+    ) -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Cache-Control", "no-store")
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self.end_headers()
         self.wfile.write(body)
 
@@ -213,6 +254,8 @@ class _OpsHTTPServer(ThreadingHTTPServer):
 class HealthServer:
     """``/healthz``, ``/readyz`` and ``/metrics`` on ``http.bind_address:http.port``, in a thread.
 
+    With ``dashboard`` it also serves the admin dashboard (:class:`agent.dashboard.Dashboard`).
+
     ``port`` and ``bind_address`` override the configuration (tests pass ``port=0`` for a free port; the
     configuration's ``port = 0`` means the service does not create the server at all).
     """
@@ -227,8 +270,10 @@ class HealthServer:
         port: int | None = None,
         bind_address: str | None = None,
         disk_probe: DiskUsageProbe = disk_usage,
+        dashboard: Dashboard | None = None,
     ) -> None:
         self.ledger = ledger
+        self.dashboard = dashboard
         self.readiness = Readiness(
             settings, ledger, model_loaded=model_loaded, extra_checks=extra_checks, disk_probe=disk_probe
         )
@@ -263,7 +308,11 @@ class HealthServer:
             target=server.serve_forever, kwargs={"poll_interval": 0.2}, name="http", daemon=True
         )
         self._thread.start()
-        log.info("http: /healthz /readyz /metrics on %s", self.url)
+        dashboard = ""
+        if self.dashboard is not None:
+            mode = "actions enabled" if self.dashboard.actions_enabled else "read-only"
+            dashboard = f" /dashboard ({mode})"
+        log.info("http: /healthz /readyz /metrics%s on %s", dashboard, self.url)
 
     def stop(self) -> None:
         """Stop serving and close the socket; idempotent."""

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from types import FrameType
 
 from agent import metrics
+from agent.dashboard import Dashboard, load_admin_token
 from agent.errors import UserError
 from agent.http import CheckResult, HealthServer
 from agent.pipeline import Predictor
@@ -79,6 +80,9 @@ class AgentService:
         return self._engine
 
     def start(self) -> None:
+        # Read the admin token first: a bad token file stops the start before anything listens.
+        http = self.settings.http
+        admin_token = load_admin_token(http) if http.port and http.dashboard else None
         self.ledger.upgrade()
         if self._engine is None:
             self._engine = load_engine(self.settings)
@@ -99,6 +103,7 @@ class AgentService:
                 self.ledger,
                 model_loaded=lambda: self._engine is not None,
                 extra_checks={"scp": self._check_scp, "worker": self._check_worker},
+                dashboard=Dashboard(self.ledger, admin_token=admin_token) if http.dashboard else None,
             )
             self.http.start()
         self.scp = StorageSCP(self.settings, self.ledger, spool=self.spool)

@@ -13,7 +13,15 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from config.errors import ConfigError
@@ -142,11 +150,17 @@ class RetentionSettings(_Section):
 
 
 class HttpSettings(_Section):
-    """Health and Prometheus metrics endpoint."""
+    """Health and Prometheus metrics endpoint, and the admin dashboard on the same port."""
 
     bind_address: str = "127.0.0.1"
     #: 0 disables the HTTP endpoint.
     port: int = Field(default=8080, ge=0, le=65535)
+    #: Serve the admin dashboard (/dashboard and /api/...); read-only unless an admin token is set.
+    dashboard: bool = True
+    #: File holding the admin token that enables the dashboard's actions (retry, cancel).
+    admin_token_file: Path | None = None
+    #: The admin token itself; meant for SPINE_AGENT_HTTP__ADMIN_TOKEN, prefer admin_token_file in TOML.
+    admin_token: SecretStr | None = None
 
 
 class LoggingSettings(_Section):
