@@ -452,7 +452,8 @@ JSON: <a href="/api/jobs">/api/jobs</a> <a href="/api/deliveries">/api/deliverie
         )
         job_cell = f'<td><a href="/dashboard/jobs/{d.job_id}">{d.job_id}</a></td>' if with_job else ""
         return (
-            f'<tr data-delivery-id="{d.id}"><td>{d.id}</td>{job_cell}<td>{_e(d.destination)}</td>'
+            f'<tr data-delivery-id="{d.id}" data-state="{_e(d.state.value)}">'
+            f"<td>{d.id}</td>{job_cell}<td>{_e(d.destination)}</td>"
             f"<td>{_badge(d.state.value)}</td><td>{d.attempts}</td><td>{len(d.sent_instances)}</td>"
             f'<td>{_e(status)}</td><td class="reason">{_e(d.last_error)}</td>'
             f"<td>{_when(d.next_attempt_at if d.state == DeliveryState.PENDING else d.finished_at)}</td>"

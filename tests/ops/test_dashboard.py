@@ -210,8 +210,8 @@ def test_the_job_page_shows_timings_deliveries_and_events(server: HealthServer, 
     assert reply.status == 200
     assert "1.2.3.1" in reply.body
     assert "<td>stage1</td><td>3.50 s</td>" in reply.body and "30.0 s" in reply.body  # a timing, the run time
-    deliveries = dict(re.findall(r'<tr data-delivery-id="(\d+)">.*?<td>(\w+)</td>', reply.body))
-    assert set(deliveries) == {str(jobs.delivered), str(jobs.failed_delivery)}
+    deliveries = dict(re.findall(r'<tr data-delivery-id="(\d+)" data-state="(\w+)">', reply.body))
+    assert deliveries == {str(jobs.delivered): "DELIVERED", str(jobs.failed_delivery): "FAILED"}
     assert "0xA700" in reply.body
     assert f'data-action="/api/deliveries/{jobs.failed_delivery}/retry"' in reply.body
     assert f'data-action="/api/deliveries/{jobs.delivered}/retry"' not in reply.body
