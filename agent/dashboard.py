@@ -98,8 +98,10 @@ def load_admin_token(http: HttpSettings) -> str | None:
             mode = path.stat().st_mode
         except OSError as exc:
             raise ConfigError(f"{origin}: cannot read: {exc.strerror or exc}") from None
-        if mode & 0o077:
-            log.warning("%s is readable by other users (mode %03o); chmod 600 it", origin, mode & 0o777)
+        if mode & 0o007:  # group access is the usual root:spine-agent 0640; everyone is too many
+            log.warning(
+                "%s is accessible to every user (mode %03o); chmod 640 or 600 it", origin, mode & 0o777
+            )
     else:
         return None
     if len(token) < MIN_TOKEN_LENGTH or any(c.isspace() for c in token):
