@@ -16,9 +16,13 @@ import pytest
 
 from agent.dashboard import Dashboard, load_admin_token
 from agent.http import HealthServer
+from agent.service import AgentService
 from config import ConfigError, HttpSettings, Settings, settings_from_mapping
 from config.settings import LedgerSettings, StorageSettings
+from dicom_io.volume import Volume
+from inference.result import Result
 from storage import DeliveryState, JobState, Ledger
+from tests.conftest import free_port
 from tests.ops.scenario import queue, receive
 
 TOKEN = "s3cret-admin-token-0123456789abcdef"
@@ -441,3 +445,52 @@ def test_the_dashboard_can_be_turned_off(settings: Settings, ledger: Ledger) -> 
         assert call(http, "/").status == 404
     finally:
         http.stop()
+
+
+# --- wired into the service ------------------------------------------------------------------------------
+
+
+class _IdlePredictor:
+    """Never called: no series arrives in these tests."""
+
+    def predict(self, volume: Volume) -> Result:
+        raise AssertionError("no job should run")
+
+
+def _service_settings(tmp_path: Path, **http: object) -> Settings:
+    return settings_from_mapping(
+        {
+            "dicom": {"port": free_port(), "bind_address": "127.0.0.1"},
+            "storage": {"spool_dir": str(tmp_path / "spool"), "disk_reserve_mb": 0},
+            "ledger": {"url": f"sqlite:///{tmp_path / 'ledger.sqlite3'}"},
+            "http": {"port": free_port(), **http},
+        }
+    )
+
+
+def test_serve_offers_the_dashboard_with_the_token_from_its_file(tmp_path: Path) -> None:
+    token_file = tmp_path / "admin-token"
+    token_file.write_text(TOKEN + "\n")
+    service = AgentService(
+        _service_settings(tmp_path, admin_token_file=str(token_file)),
+        engine=_IdlePredictor(),
+    )
+    service.start()
+    try:
+        assert service.http is not None
+        assert call(service.http, "/dashboard").status == 200
+        assert call(service.http, "/api/jobs/1/retry", "POST", token="wrong-token-0123456789").status == 401
+        assert call(service.http, "/api/jobs/1/retry", "POST", token=TOKEN).json() == {
+            "error": "job 1 does not exist"
+        }
+    finally:
+        service.stop()
+
+
+def test_serve_stops_before_listening_when_the_token_file_is_missing(tmp_path: Path) -> None:
+    settings = _service_settings(tmp_path, admin_token_file=str(tmp_path / "missing"))
+    service = AgentService(settings, engine=_IdlePredictor())
+    with pytest.raises(ConfigError, match="admin_token_file .*missing: cannot read"):
+        service.start()
+    assert service.http is None and service.scp is None and service.worker is None
+    service.stop()
