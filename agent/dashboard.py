@@ -280,9 +280,13 @@ class Dashboard:
         if path == "/dashboard/deliveries":
             return self._deliveries_page(query)
         if path == f"{STATIC}/dashboard.js":
-            return DashboardResponse(HTTPStatus.OK, SCRIPT.encode(), "text/javascript; charset=utf-8")
+            return DashboardResponse(
+                HTTPStatus.OK, SCRIPT.encode(), "text/javascript; charset=utf-8", dict(SECURITY_HEADERS)
+            )
         if path == f"{STATIC}/dashboard.css":
-            return DashboardResponse(HTTPStatus.OK, STYLE.encode(), "text/css; charset=utf-8")
+            return DashboardResponse(
+                HTTPStatus.OK, STYLE.encode(), "text/css; charset=utf-8", dict(SECURITY_HEADERS)
+            )
         if match := _JOB_PAGE.fullmatch(path):
             return self._job_page(int(match[1]))
         if path == "/api/jobs":
