@@ -10,15 +10,16 @@ from datetime import UTC, datetime, timedelta
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from agent.errors import UserError
+from agent.views import age, delivery_as_dict, job_as_dict
 from config import ConfigError, Settings, example_toml, load_settings, parse_toml, settings_from_mapping
-from storage import IllegalTransition, Job, JobState, Ledger, LedgerError
+from storage import IllegalTransition, JobState, Ledger, LedgerError
 
 console = Console()
 err_console = Console(stderr=True, soft_wrap=True)
@@ -131,58 +132,6 @@ def db_upgrade() -> None:
 # --- jobs ---------------------------------------------------------------------------------------------
 
 
-def _age(then: datetime | None, now: datetime) -> str:
-    if then is None:
-        return "-"
-    seconds = int((now - then).total_seconds())
-    if seconds < 120:
-        return f"{seconds}s"
-    if seconds < 7200:
-        return f"{seconds // 60}m"
-    if seconds < 172800:
-        return f"{seconds // 3600}h"
-    return f"{seconds // 86400}d"
-
-
-def job_as_dict(job: Job) -> dict[str, Any]:
-    """A JSON-friendly view of a job (no patient data; UIDs are not patient identifiers)."""
-
-    def iso(value: datetime | None) -> str | None:
-        return value.isoformat() if value else None
-
-    data: dict[str, Any] = {
-        "id": job.id,
-        "state": job.state.value,
-        "attempts": job.attempts,
-        "series_instance_uid": job.series.series_instance_uid,
-        "study_instance_uid": job.series.study_instance_uid,
-        "series_version": job.series.version,
-        "instances": job.series.instance_count,
-        "created_at": iso(job.created_at),
-        "started_at": iso(job.started_at),
-        "finished_at": iso(job.finished_at),
-        "failure_reason": job.failure_reason,
-        "model_version": job.model_version,
-        "timings": job.timings,
-        "lease_owner": job.lease_owner,
-        "output_path": job.output_path,
-    }
-    if "deliveries" in job.__dict__:
-        data["deliveries"] = [
-            {
-                "id": d.id,
-                "destination": d.destination,
-                "state": d.state.value,
-                "attempts": d.attempts,
-                "next_attempt_at": iso(d.next_attempt_at),
-                "last_status": None if d.last_status is None else f"0x{d.last_status:04X}",
-                "last_error": d.last_error,
-            }
-            for d in job.deliveries
-        ]
-    return data
-
-
 def _parse_since(value: str | None) -> datetime | None:
     if value is None:
         return None
@@ -234,7 +183,7 @@ def jobs_list(
             uid if len(uid) <= 28 else "…" + uid[-27:],
             str(job.series.version),
             str(job.series.instance_count),
-            _age(job.created_at, now),
+            age(job.created_at, now),
             str(job.attempts),
             job.failure_reason or "",
         )
@@ -304,19 +253,7 @@ def deliveries_list(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """List deliveries (oldest first) with their state, attempts and last status."""
-    rows: list[dict[str, Any]] = [
-        {
-            "id": d.id,
-            "job_id": d.job_id,
-            "destination": d.destination,
-            "state": d.state.value,
-            "attempts": d.attempts,
-            "next_attempt_at": d.next_attempt_at.isoformat(),
-            "last_status": None if d.last_status is None else f"0x{d.last_status:04X}",
-            "last_error": d.last_error,
-        }
-        for d in open_ledger(settings()).list_deliveries(job_id)
-    ]
+    rows = [delivery_as_dict(d) for d in open_ledger(settings()).list_deliveries(job_id)]
     if as_json:
         sys.stdout.write(json.dumps(rows, indent=2) + "\n")
         return

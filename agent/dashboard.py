@@ -31,7 +31,7 @@ from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qs, urlencode
 
-from agent.cli import _age, job_as_dict
+from agent.views import age, delivery_as_dict, iso, job_as_dict
 from config import ConfigError, HttpSettings
 from storage import (
     Delivery,
@@ -144,27 +144,6 @@ def _error(status: HTTPStatus, message: str, **headers: str) -> DashboardRespons
     response = _json(status, {"error": message})
     response.headers.update(headers)
     return response
-
-
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat() if value else None
-
-
-def delivery_as_dict(delivery: Delivery) -> dict[str, Any]:
-    """A JSON-friendly view of a delivery (destination names and DICOM statuses; no patient data)."""
-    return {
-        "id": delivery.id,
-        "job_id": delivery.job_id,
-        "destination": delivery.destination,
-        "state": delivery.state.value,
-        "attempts": delivery.attempts,
-        "next_attempt_at": _iso(delivery.next_attempt_at),
-        "last_status": None if delivery.last_status is None else f"0x{delivery.last_status:04X}",
-        "last_error": delivery.last_error,
-        "sent_instances": len(delivery.sent_instances),
-        "created_at": _iso(delivery.created_at),
-        "finished_at": _iso(delivery.finished_at),
-    }
 
 
 # --- query parameters -----------------------------------------------------------------------------------
@@ -364,7 +343,7 @@ class Dashboard:
     def _job_detail(self, job_id: int) -> dict[str, Any]:
         job = self.ledger.get_job(job_id)
         data = job_as_dict(job)
-        data["purged_at"] = _iso(job.purged_at)
+        data["purged_at"] = iso(job.purged_at)
         data["events"] = [
             {"at": e.at.isoformat(), "kind": e.kind, "detail": e.detail}
             for e in self.ledger.events(job_id=job_id, limit=EVENT_LIMIT)
@@ -491,7 +470,7 @@ JSON: <a href="/api/jobs">/api/jobs</a> <a href="/api/deliveries">/api/deliverie
                 f'<td><a href="/dashboard/jobs/{job.id}">{job.id}</a></td><td>{_badge(job.state.value)}</td>'
                 f'<td class="uid" title="{_e(uid)}">{_e(_short_uid(uid))}</td><td>{job.series.version}</td>'
                 f"<td>{job.series.instance_count}</td>"
-                f'<td title="{_e(_when(job.created_at))}">{_e(_age(job.created_at, now))}</td>'
+                f'<td title="{_e(_when(job.created_at))}">{_e(age(job.created_at, now))}</td>'
                 f"<td>{job.attempts}</td>"
                 f'<td class="reason" title="{_e(reason)}">{_e(_clip(reason, 160))}</td>'
                 f'<td class="actions">{self._job_buttons(job)}</td></tr>'
@@ -528,7 +507,7 @@ JSON: <a href="/api/jobs">/api/jobs</a> <a href="/api/deliveries">/api/deliverie
             ("received", f"{_when(series.first_received_at)} … {_when(series.last_received_at)}"),
             ("attempts", _e(job.attempts)),
             ("model version", _e(job.model_version)),
-            ("created", f"{_when(job.created_at)} ({_e(_age(job.created_at, now))} ago)"),
+            ("created", f"{_when(job.created_at)} ({_e(age(job.created_at, now))} ago)"),
             ("started", _when(job.started_at)),
             ("finished", _when(job.finished_at)),
             ("run time", duration),
