@@ -122,38 +122,25 @@ def phantom_pool(first_seed: int, count: int, spacing: float | None, cache_dir: 
 
 
 def verse_pool(root: Path) -> SubjectPool:
-    """Subjects of a VerSe-format folder (read with the phantoms package's VerSe reader)."""
-    from inference import phantoms
+    """Subjects of a VerSe-format folder, read lazily with the phantoms package's VerSe reader.
 
-    read_verse = getattr(phantoms, "read_verse", None)
-    if read_verse is None:
-        raise ValueError("this version of inference.phantoms has no VerSe reader (read_verse)")
+    A subject without a vertebra mask gets an empty label map (its stage-1 Dice is then meaningless).
+    """
+    from inference.phantoms import read_verse_subject
+    from inference.phantoms.verse import find_verse_subjects
 
-    items = list(read_verse(root))
-    names = [_verse_name(it, n) for n, it in enumerate(items)]
+    found = find_verse_subjects(root)
+    names = [ct.name.removesuffix("_ct.nii.gz") for ct, _, _ in found]
 
     def make(i: int) -> Subject:
-        vol, labels, cents = _verse_triple(items[i])
-        return Subject(names[i], vol, np.asarray(labels, dtype=np.uint8),
-                       {int(k): np.asarray(v, dtype=np.float64) for k, v in cents.items()})
+        ct, mask, ctd = found[i]
+        vs = read_verse_subject(ct, mask, ctd)
+        labels = (np.zeros(vs.volume.shape, np.uint8) if vs.labels is None
+                  else np.asarray(vs.labels, dtype=np.uint8))
+        return Subject(vs.subject, vs.volume, labels,
+                       {int(k): np.asarray(v, dtype=np.float64) for k, v in vs.centroids.items()})
 
     return SubjectPool(names, make)
-
-
-def _verse_name(item: object, n: int) -> str:
-    for attr in ("subject", "name", "subject_id"):
-        value = getattr(item, attr, None)
-        if isinstance(value, str):
-            return value
-    return f"subject-{n:04d}"
-
-
-def _verse_triple(item: object) -> tuple[Volume, npt.NDArray[np.generic], dict[int, npt.ArrayLike]]:
-    if isinstance(item, tuple):
-        if len(item) == 4:  # (name, volume, labels, centroids)
-            return item[1], item[2], item[3]
-        return item[0], item[1], item[2]
-    return item.volume, item.labels, item.centroids  # type: ignore[attr-defined]
 
 
 # --- augmentation -------------------------------------------------------------------------------------

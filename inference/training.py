@@ -219,7 +219,7 @@ class Trainer:
         present = torch.from_numpy(s.present)[None]
         loc, dist, js = dsnt_loss(heatmaps, coords, target, present, s.spacing, self.cfg.stage2.sigma_mm)
         pres = F.binary_cross_entropy_with_logits(presence, present.float())
-        return loc + pres, {"dist_mm": float(dist), "js": float(js), "presence_bce": float(pres)}
+        return loc + pres, {"dist_mm": float(dist), "js": float(js), "presence_bce": float(pres.detach())}
 
     # --- validation -----------------------------------------------------------------------------------
 

@@ -63,8 +63,38 @@ def train(
     log.info("training finished: %s", out / "model.pt")
 
 
+def package_weights(
+    stage1: Annotated[Path, typer.Option(help="Stage-1 training run folder (model.pt + plan.json).")],
+    stage2: Annotated[Path, typer.Option(help="Stage-2 training run folder.")],
+    version: Annotated[str, typer.Option(help="Version name, e.g. v0.1.0-phantom.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Weights folder to write (weights/<version>).")],
+    calibrate_phantoms: Annotated[
+        int, typer.Option(min=0, help="Fit the confidence calibration on this many held-out phantoms.")
+    ] = 0,
+    calibrate_seed: Annotated[int, typer.Option(help="First calibration phantom seed.")] = 400_000,
+) -> None:
+    """Package two training runs as a weights version (engine.json, stage*.pt, SHA256SUMS)."""
+    from inference.datasets import phantom_pool
+    from inference.engine import Engine
+    from inference.evaluation import fit_calibration
+    from inference.shipping import package_weights as package
+    from inference.shipping import set_calibration
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for run in (stage1, stage2):
+        if not (run / "model.pt").is_file():
+            raise UserError(f"{run}: no model.pt (not a training run folder?)")
+    package(stage1, stage2, out, version)
+    if calibrate_phantoms:
+        engine = Engine.from_weights(out)
+        pool = phantom_pool(calibrate_seed, calibrate_phantoms, spacing=None)
+        set_calibration(out, fit_calibration(engine, (pool[i] for i in range(len(pool)))))
+    log.info("wrote %s", out)
+
+
 def register(app: typer.Typer) -> None:
     app.command("train")(train)
+    app.command("package-weights")(package_weights)
 
 
 if __name__ == "__main__":  # python -m agent.commands.train ... (works without the full CLI)
