@@ -40,7 +40,7 @@ def big_volume(slices: int) -> Volume:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--weights", type=Path, default=None)
-    ap.add_argument("--fov", nargs="+", default=["lumbar", "whole"])
+    ap.add_argument("--fov", nargs="*", default=["lumbar", "whole"])
     ap.add_argument("--seed", type=int, default=600_000)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     ap.add_argument("--big", action="store_true", help="also run a 512x512x1500 series")

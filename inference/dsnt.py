@@ -98,19 +98,22 @@ def dsnt_loss(
     sigma_mm: float,
     js_weight: float = 1.0,
     distance_scale_mm: float = 10.0,
+    offset: Sequence[float] = (0.0, 0.0, 0.0),
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """DSNT loss over the landmarks selected by ``mask`` (``(B, C)`` bool): returns (total, dist, js).
 
     ``dist`` is the mean Euclidean error in mm; the total divides it by ``distance_scale_mm`` so that it
     sits on the same scale as the JS term (which is bounded by ln 2), as dsntnn's normalised
-    coordinates do implicitly.
+    coordinates do implicitly. ``spacing`` and ``offset`` place the heatmap voxels in the coordinate
+    frame (voxel ``n`` at ``offset + n * spacing``), for heatmaps coarser than the crop.
     """
     sel = mask.bool()
     if not bool(sel.any()):
         zero = heatmaps.sum() * 0.0
         return zero, zero.detach(), zero.detach()
     dist = torch.linalg.vector_norm(coords_mm[sel] - target_mm[sel].float(), dim=-1).mean()
-    target_hm = gaussian_heatmaps(target_mm[sel], heatmaps.shape[-3:], spacing, sigma_mm)
+    shift = torch.tensor([float(v) for v in offset], device=target_mm.device)
+    target_hm = gaussian_heatmaps(target_mm[sel].float() - shift, heatmaps.shape[-3:], spacing, sigma_mm)
     js = js_divergence(heatmaps[sel], target_hm).mean()
     total = dist / distance_scale_mm + js_weight * js
     return total, dist.detach(), js.detach()

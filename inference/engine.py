@@ -223,7 +223,9 @@ class Engine:
             spacing = crop_grid.spacing
             with _autocast(self.device):
                 heatmaps, coords, presence = self.stage2(x.to(self.device), spacing)
-            spread = heatmap_spread_mm(heatmaps.float(), spacing, coords.float())
+            hm_spacing, offset = self.stage2.heatmap_geometry(spacing)
+            centre = coords.float() - torch.tensor(offset, device=coords.device)
+            spread = heatmap_spread_mm(heatmaps.float(), hm_spacing, centre)
             tiles.append(_Stage2Tile(
                 grid=crop_grid,
                 coords_lps=crop_grid.mm_to_lps(coords[0].float().cpu().numpy().astype(np.float64)),

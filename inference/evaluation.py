@@ -31,7 +31,8 @@ class SubjectReport:
     pred_labels: list[int]
     identified: dict[int, bool]
     distances: dict[int, float]
-    stage1_dice: float
+    #: None when the subject has no vertebra mask (e.g. a VerSe folder with centroids only).
+    stage1_dice: float | None
     seconds: float
     timings: dict[str, float]
 
@@ -39,7 +40,7 @@ class SubjectReport:
         return {"name": self.name, "gt_labels": self.gt_labels, "pred_labels": self.pred_labels,
                 "identified": {str(k): v for k, v in self.identified.items()},
                 "distances_mm": {str(k): round(v, 3) for k, v in self.distances.items()},
-                "stage1_dice": round(self.stage1_dice, 4), "seconds": round(self.seconds, 3),
+                "stage1_dice": _r(self.stage1_dice), "seconds": round(self.seconds, 3),
                 "timings": {k: round(v, 3) for k, v in self.timings.items()}}
 
 
@@ -61,6 +62,7 @@ class EvaluationReport:
     def summary(self) -> dict[str, Any]:
         t = self.tallies()
         secs = [s.seconds for s in self.subjects]
+        dices = [s.stage1_dice for s in self.subjects if s.stage1_dice is not None]
         return {
             "model_version": self.model_version,
             "data": self.data,
@@ -71,8 +73,7 @@ class EvaluationReport:
                        "median_error_mm": _r(tl.median_error_mm), "localised": len(tl.errors_mm)}
                 for name, tl in t.items()
             },
-            "stage1_dice_mean": _r(float(np.mean([s.stage1_dice for s in self.subjects]))
-                                   if self.subjects else None),
+            "stage1_dice_mean": _r(float(np.mean(dices)) if dices else None),
             "seconds_per_volume_mean": _r(float(np.mean(secs)) if secs else None),
             "seconds_per_volume_max": _r(float(np.max(secs)) if secs else None),
         }
@@ -110,7 +111,7 @@ class EvaluationReport:
         for sub in self.subjects:
             err = float(np.mean(list(sub.distances.values()))) if sub.distances else None
             lines.append(f"| {sub.name} | {len(sub.gt_labels)} | {len(sub.pred_labels)} | "
-                         f"{sum(sub.identified.values())} | {_num(err)} | {sub.stage1_dice:.3f} | "
+                         f"{sum(sub.identified.values())} | {_num(err)} | {_num(sub.stage1_dice, 3)} | "
                          f"{sub.seconds:.1f} |")
         return "\n".join(lines) + "\n"
 
@@ -147,7 +148,9 @@ def evaluate_subjects(engine: Engine, subjects: Iterable[Subject], data_name: st
         m = match_subject(gt, pred)
         sr = SubjectReport(name=subject.name, gt_labels=sorted(gt), pred_labels=sorted(pred),
                            identified=m.identified, distances=m.distances,
-                           stage1_dice=dice(result.mask > 0, subject.labels > 0), seconds=seconds,
+                           stage1_dice=(dice(result.mask > 0, subject.labels > 0) if subject.labels.any()
+                                        else None),
+                           seconds=seconds,
                            timings=dict(result.timings))
         log.info("%s: %d/%d identified, %.1f s", subject.name, sum(m.identified.values()), len(gt), seconds)
         report.subjects.append(sr)

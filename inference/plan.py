@@ -67,7 +67,8 @@ class Stage2Plan:
 
     network: NetworkConfig = field(default_factory=lambda: NetworkConfig(out_channels=len(ENGINE_LABELS),
                                                                          base=8, levels=4,
-                                                                         convs_per_level=(1, 2, 2, 2)))
+                                                                         convs_per_level=(1, 2, 2, 2),
+                                                                         head_level=1))
     spacing_mm: float = 2.0
     #: Crop (k, j, i) in voxels, and the overlap between neighbouring crops.
     crop: tuple[int, int, int] = (96, 64, 64)

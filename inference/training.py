@@ -66,6 +66,8 @@ class TrainConfig:
     cache_dir: Path | None = None
     threads: int = 1
     resume: bool = False
+    #: Warm start: a model.pt / last.pt whose tensors of matching name and shape initialise the network.
+    init_from: Path | None = None
     stage1: Stage1Plan = field(default_factory=Stage1Plan)
     stage2: Stage2Plan = field(default_factory=Stage2Plan)
 
@@ -147,6 +149,8 @@ class Trainer:
         cfg.out_dir.mkdir(parents=True, exist_ok=True)
         if cfg.resume:
             self._load(cfg.out_dir / "last.pt")
+        elif cfg.init_from is not None:
+            self._warm_start(cfg.init_from)
         self._val_samples: list[Any] | None = None
 
     # --- checkpoints ----------------------------------------------------------------------------------
@@ -168,6 +172,16 @@ class Trainer:
         torch.save(self.model.state_dict(), tmp)
         tmp.replace(out / "model.pt")
         (out / "plan.json").write_text(json.dumps(self._plan_json(), indent=2) + "\n", encoding="utf-8")
+
+    def _warm_start(self, path: Path) -> None:
+        if not path.is_file():
+            raise FileNotFoundError(f"--init: no file {path}")
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = state.get("model", state)
+        own = self.model.state_dict()
+        keep = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+        self.model.load_state_dict(keep, strict=False)
+        log.info("warm start from %s: %d of %d tensors", path, len(keep), len(own))
 
     def _load(self, path: Path) -> None:
         if not path.is_file():
@@ -217,7 +231,9 @@ class Trainer:
         heatmaps, coords, presence = self.model(x, s.spacing)
         target = torch.from_numpy(s.target_mm)[None]
         present = torch.from_numpy(s.present)[None]
-        loc, dist, js = dsnt_loss(heatmaps, coords, target, present, s.spacing, self.cfg.stage2.sigma_mm)
+        hm_spacing, offset = self.model.heatmap_geometry(s.spacing)
+        loc, dist, js = dsnt_loss(heatmaps, coords, target, present, hm_spacing, self.cfg.stage2.sigma_mm,
+                                  offset=offset)
         pres = F.binary_cross_entropy_with_logits(presence, present.float())
         return loc + pres, {"dist_mm": float(dist), "js": float(js), "presence_bce": float(pres.detach())}
 

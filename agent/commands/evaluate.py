@@ -49,7 +49,10 @@ def evaluate(
     if data is not None:
         if not data.is_dir():
             raise UserError(f"--data {data}: not a folder")
-        pool = verse_pool(data)
+        try:
+            pool = verse_pool(data)
+        except ValueError as exc:  # VerseFormatError: names the file and what is wrong
+            raise UserError(str(exc)) from None
         name = str(data)
     else:
         assert phantoms is not None

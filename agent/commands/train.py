@@ -29,6 +29,9 @@ def train(
     seed: Annotated[int, typer.Option(help="Seed for weights init, sampling and augmentation.")] = 0,
     threads: Annotated[int, typer.Option(min=1, help="torch CPU threads for this process.")] = 1,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT/last.pt.")] = False,
+    init: Annotated[
+        Path | None, typer.Option(help="Warm start from model.pt/last.pt (tensors matching name and shape).")
+    ] = None,
 ) -> None:
     """Train one stage; writes OUT/last.pt (resumable), OUT/model.pt and OUT/metrics.csv every epoch."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -44,7 +47,7 @@ def train(
         stage=stage,  # type: ignore[arg-type]
         out_dir=out, epochs=epochs, iters_per_epoch=iters_per_epoch, lr=lr, weight_decay=weight_decay,
         phantoms=phantoms, phantom_seed=phantom_seed, verse_dir=verse, cache_dir=cache, seed=seed,
-        threads=threads, resume=resume,
+        threads=threads, resume=resume, init_from=init,
     )
     try:
         trainer = Trainer(cfg)

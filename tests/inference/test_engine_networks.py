@@ -80,3 +80,21 @@ def test_resample_nearest_keeps_labels() -> None:
     grid = Grid((4, 4, 4), np.diag([2.0, 2.0, 2.0, 1.0]))
     out = resample(lab, np.eye(4), grid, nearest=True, dtype=np.uint8)
     assert set(np.unique(out)) <= {0, 7} and (out == 7).sum() > 0
+
+
+def test_half_resolution_heads_place_heatmap_voxels_in_crop_mm() -> None:
+    cfg = NetworkConfig(out_channels=3, base=4, levels=3, convs_per_level=(1, 1, 1), head_level=1)
+    net = DSNTLocaliser(cfg)
+    hm, coords, pres = net(torch.zeros(1, 1, 16, 8, 12), (2.0, 2.0, 2.0))
+    assert hm.shape == (1, 3, 8, 4, 6) and coords.shape == (1, 3, 3) and pres.shape == (1, 3)
+    spacing, offset = net.heatmap_geometry((2.0, 2.0, 2.0))
+    assert spacing == (4.0, 4.0, 4.0) and offset == (1.0, 1.0, 1.0)
+    # A one-hot heatmap voxel (k, j, i) = (3, 1, 2) covers crop voxels 6-7, 2-3, 4-5: centre 6.5, 2.5, 4.5.
+    one_hot = torch.zeros(1, 1, 8, 4, 6)
+    one_hot[0, 0, 3, 1, 2] = 1.0
+    from inference.dsnt import dsnt
+
+    mm = dsnt(one_hot, spacing)[0, 0] + torch.tensor(offset)
+    assert torch.allclose(mm, torch.tensor([4.5 * 2.0, 2.5 * 2.0, 6.5 * 2.0]))
+    with pytest.raises(ValueError, match="head_level"):
+        NetworkConfig(levels=3, convs_per_level=(1, 1, 1), head_level=3)
