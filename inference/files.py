@@ -80,8 +80,8 @@ def read_dicom_series(directory: Path) -> Volume:
     """A DICOM series folder as a Volume; uses ``dicom_io.series.load_series`` when that module exists,
     otherwise SimpleITK's ImageSeriesReader (first series found in the folder)."""
     try:
-        from dicom_io.series import load_series  # type: ignore[import-not-found,unused-ignore]
-    except ImportError:
+        from dicom_io.series import load_series
+    except ImportError:  # pragma: no cover - older checkouts without the project's loader
         return _read_series_sitk(directory)
     vol: Volume = load_series(directory)
     return vol
