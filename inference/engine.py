@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 #: Where shipped weights live: ``weights/<version>/`` at the repository root.
 WEIGHTS_ROOT = Path(__file__).resolve().parent.parent / "weights"
 CHECKSUM_FILE = "SHA256SUMS"
+#: Stage-1 windows whose densest voxel is below this (HU) are air only and skipped.
+AIR_HU = -500.0
 
 
 class WeightsError(Exception):
@@ -195,8 +197,13 @@ class Engine:
         prob = np.zeros(image.shape, np.float32)
         count = np.zeros(image.shape, np.float32)
         pk, pj, pi = p.patch
+        air = normalise_hu(np.array([AIR_HU], np.float32))[0]
         for k, j, i in tiles_3d(image.shape, p.patch, p.stride):  # type: ignore[arg-type]
-            x = torch.from_numpy(np.ascontiguousarray(image[k:k + pk, j:j + pj, i:i + pi]))[None, None]
+            patch = image[k:k + pk, j:j + pj, i:i + pi]
+            if float(patch.max()) < air:  # only air (outside the body or the scan): no spine here
+                count[k:k + pk, j:j + pj, i:i + pi] += 1.0
+                continue
+            x = torch.from_numpy(np.ascontiguousarray(patch))[None, None]
             with _autocast(self.device):
                 logits = self.stage1(x.to(self.device))
             prob[k:k + pk, j:j + pj, i:i + pi] += torch.sigmoid(logits.float())[0, 0].cpu().numpy()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -33,9 +34,15 @@ def write_checksums(directory: Path) -> Path:
 
 
 def package_weights(stage1_run: Path, stage2_run: Path, out_dir: Path, version: str,
-                    calibration: ConfidenceCalibration | None = None) -> EnginePlan:
-    """Copy ``model.pt`` of both runs (saved as fp32 state dicts) with an ``engine.json`` plan."""
+                    calibration: ConfidenceCalibration | None = None,
+                    stage1_stride: tuple[int, int, int] | None = None) -> EnginePlan:
+    """Copy ``model.pt`` of both runs (saved as fp32 state dicts) with an ``engine.json`` plan.
+
+    ``stage1_stride`` overrides the inference-only sliding-window stride of stage 1.
+    """
     s1 = Stage1Plan.from_json(_stage_plan(stage1_run))  # type: ignore[arg-type]
+    if stage1_stride is not None:
+        s1 = replace(s1, stride=stage1_stride)
     s2 = Stage2Plan.from_json(_stage_plan(stage2_run))  # type: ignore[arg-type]
     plan = EnginePlan(version=version, stage1=s1, stage2=s2,
                       confidence=calibration or ConfidenceCalibration())

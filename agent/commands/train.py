@@ -75,6 +75,9 @@ def package_weights(
         int, typer.Option(min=0, help="Fit the confidence calibration on this many held-out phantoms.")
     ] = 0,
     calibrate_seed: Annotated[int, typer.Option(help="First calibration phantom seed.")] = 400_000,
+    stage1_stride: Annotated[
+        int | None, typer.Option(min=1, help="Stage-1 sliding-window stride in voxels (inference only).")
+    ] = None,
 ) -> None:
     """Package two training runs as a weights version (engine.json, stage*.pt, SHA256SUMS)."""
     from inference.datasets import phantom_pool
@@ -87,7 +90,8 @@ def package_weights(
     for run in (stage1, stage2):
         if not (run / "model.pt").is_file():
             raise UserError(f"{run}: no model.pt (not a training run folder?)")
-    package(stage1, stage2, out, version)
+    stride = None if stage1_stride is None else (stage1_stride, stage1_stride, stage1_stride)
+    package(stage1, stage2, out, version, stage1_stride=stride)
     if calibrate_phantoms:
         engine = Engine.from_weights(out)
         pool = phantom_pool(calibrate_seed, calibrate_phantoms, spacing=None)
