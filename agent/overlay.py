@@ -47,7 +47,18 @@ def render_overlay(
         centre_ijk = (np.asarray(volume.shape[::-1], dtype=np.float64) - 1) / 2
     superior_up = volume.affine[2, 2] < 0  # k increasing toward inferior: row 0 is the top already
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 8), facecolor="black")
+    nk, nj, ni = volume.shape
+    height_mm = nk * sk
+    widths_mm = (nj * sj, ni * si)  # sagittal shows j (A-P), coronal shows i (R-L)
+    panel_h = 8.0
+    panel_w = [max(2.0, panel_h * w / max(height_mm, 1.0)) for w in widths_mm]
+    fig, axes = plt.subplots(
+        1,
+        2,
+        figsize=(sum(panel_w) + 0.6, panel_h + 0.8),
+        facecolor="black",
+        gridspec_kw={"width_ratios": panel_w},
+    )
     views = (
         ("sagittal", 2, centre_ijk[0], si, sj),  # drop i: image rows k, columns j (anterior -> posterior)
         ("coronal", 1, centre_ijk[1], sj, si),  # drop j: image rows k, columns i (right -> left)
