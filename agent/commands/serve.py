@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import os
 from typing import Annotated
 
 import typer
@@ -22,4 +24,11 @@ def register(app: typer.Typer) -> None:
 
         cfg = settings()
         configure_logging(cfg.logging)
-        AgentService(cfg, shutdown_grace_s=grace).run_until_signalled()
+        service = AgentService(cfg, shutdown_grace_s=grace)
+        report = service.run_until_signalled()
+        if report.released_job is not None:
+            # The abandoned attempt is still inside the engine in a daemon thread; its job is back in the
+            # ledger. Exit now instead of letting interpreter shutdown tear native threads down mid-call
+            # (which aborts the process).
+            logging.shutdown()
+            os._exit(0)
