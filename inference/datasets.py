@@ -83,8 +83,9 @@ class SubjectPool:
     """Subjects by index, generated (or read) lazily, kept in memory and cached on disk."""
 
     def __init__(self, names: Sequence[str], make: Callable[[int], Subject], cache_dir: Path | None = None,
-                 transform: Callable[[Subject], Subject] | None = None) -> None:
+                 transform: Callable[[Subject], Subject] | None = None, keep_in_memory: bool = True) -> None:
         self.names = list(names)
+        self._keep = keep_in_memory
         self._make = make
         self._cache_dir = cache_dir
         self._transform = transform
@@ -105,12 +106,14 @@ class SubjectPool:
                 subject = self._transform(subject)
             if path is not None:
                 save_subject(subject, path)
-        self._memory[index] = subject
+        if self._keep:
+            self._memory[index] = subject
         return subject
 
 
 def phantom_pool(first_seed: int, count: int, spacing: float | None, cache_dir: Path | None = None,
-                 fov: str = TRAIN_FOV, crop_margin_mm: float | None = None) -> SubjectPool:
+                 fov: str = TRAIN_FOV, crop_margin_mm: float | None = None, keep_in_memory: bool = True
+                 ) -> SubjectPool:
     seeds = [first_seed + n for n in range(count)]
     names = [f"phantom-{fov}-{s}-{spacing or 'native'}" for s in seeds]
 
@@ -118,10 +121,10 @@ def phantom_pool(first_seed: int, count: int, spacing: float | None, cache_dir: 
         return phantom_subject(seeds[i], fov, spacing)
 
     transform = None if crop_margin_mm is None else (lambda s: crop_subject(s, crop_margin_mm))
-    return SubjectPool(names, make, cache_dir, transform)
+    return SubjectPool(names, make, cache_dir, transform, keep_in_memory)
 
 
-def verse_pool(root: Path) -> SubjectPool:
+def verse_pool(root: Path, keep_in_memory: bool = True) -> SubjectPool:
     """Subjects of a VerSe-format folder, read lazily with the phantoms package's VerSe reader.
 
     A subject without a vertebra mask gets an empty label map (its stage-1 Dice is then meaningless).
@@ -140,7 +143,7 @@ def verse_pool(root: Path) -> SubjectPool:
         return Subject(vs.subject, vs.volume, labels,
                        {int(k): np.asarray(v, dtype=np.float64) for k, v in vs.centroids.items()})
 
-    return SubjectPool(names, make)
+    return SubjectPool(names, make, keep_in_memory=keep_in_memory)
 
 
 # --- augmentation -------------------------------------------------------------------------------------

@@ -26,7 +26,9 @@ def _stage_plan(run_dir: Path) -> dict[str, object]:
 
 
 def write_checksums(directory: Path) -> Path:
-    names = sorted(p.name for p in directory.iterdir() if p.is_file() and p.name != CHECKSUM_FILE)
+    """SHA256SUMS over what the engine loads (plan + state dicts); documentation may be edited freely."""
+    names = sorted(p.name for p in directory.iterdir()
+                   if p.is_file() and (p.name == PLAN_FILE or p.suffix == ".pt"))
     lines = [f"{sha256_file(directory / n)}  {n}" for n in names]
     path = directory / CHECKSUM_FILE
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")

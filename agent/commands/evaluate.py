@@ -50,13 +50,13 @@ def evaluate(
         if not data.is_dir():
             raise UserError(f"--data {data}: not a folder")
         try:
-            pool = verse_pool(data)
+            pool = verse_pool(data, keep_in_memory=False)
         except ValueError as exc:  # VerseFormatError: names the file and what is wrong
             raise UserError(str(exc)) from None
         name = str(data)
     else:
         assert phantoms is not None
-        pool = phantom_pool(seed, phantoms, spacing=None, fov=fov)
+        pool = phantom_pool(seed, phantoms, spacing=None, fov=fov, keep_in_memory=False)
         name = f"{phantoms} phantoms ({fov}), seeds {seed}..{seed + phantoms - 1}"
     console = Console()
     subjects = (pool[i] for i in range(len(pool)))

@@ -94,7 +94,7 @@ def package_weights(
     package(stage1, stage2, out, version, stage1_stride=stride)
     if calibrate_phantoms:
         engine = Engine.from_weights(out)
-        pool = phantom_pool(calibrate_seed, calibrate_phantoms, spacing=None)
+        pool = phantom_pool(calibrate_seed, calibrate_phantoms, spacing=None, keep_in_memory=False)
         set_calibration(out, fit_calibration(engine, (pool[i] for i in range(len(pool)))))
     log.info("wrote %s", out)
 
