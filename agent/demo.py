@@ -29,7 +29,7 @@ from dicom_io.readback import landmarks_from_sr, mask_from_seg
 from dicom_io.series import load_series
 from dicom_io.volume import Volume
 from inference.metrics import match_subject
-from inference.result import ANATOMICAL_ORDER, Landmark, vertebra_name
+from inference.result import ANATOMICAL_ORDER, ENGINE_LABELS, Landmark, vertebra_name
 from storage import DeliveryState, JobState
 
 #: Phantom fields of view the demo offers.
@@ -207,7 +207,9 @@ def run_demo(
     if not sr_files:
         raise UserError("demo: the PACS received no SR")
     landmarks = landmarks_from_sr(pydicom.dcmread(sr_files[0]))
-    scores = score_landmarks(landmarks, phantom.centroids)
+    # Scored like `spine-agent evaluate`: the vertebrae the engine labels (the sacrum is not one of them).
+    truth = {label: pos for label, pos in phantom.centroids.items() if label in ENGINE_LABELS}
+    scores = score_landmarks(landmarks, truth)
     hits = [s for s in scores if s.identified]
     errors = [s.error_mm for s in scores if s.error_mm is not None]
 
@@ -230,9 +232,9 @@ def run_demo(
         job_state=job.state.value,
         failure_reason=job.failure_reason,
         landmarks=landmarks,
-        ground_truth=dict(phantom.centroids),
+        ground_truth=truth,
         scores=scores,
-        identification_rate=len(hits) / max(1, len(phantom.centroids)),
+        identification_rate=len(hits) / max(1, len(truth)),
         mean_error_mm=float(np.mean(errors)) if errors else float("nan"),
         timings=dict(job.timings),
         received_files=received,

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -156,6 +156,35 @@ def evaluate_subjects(engine: Engine, subjects: Iterable[Subject], data_name: st
         report.subjects.append(sr)
         if on_subject is not None:
             on_subject(sr)
+    return report
+
+
+def score_prediction_files(data: Path, predictions: Path) -> EvaluationReport:
+    """Score VerSe centroid files already written (by ``predict``, the demo or another tool) against a
+    VerSe-format folder, without running the engine: the same metric as :func:`evaluate_subjects`.
+
+    ``predictions`` holds ``<subject>_seg-subreg_ctd.json`` (or ``<subject>_ctd.json``) per subject, in
+    the voxel frame of that subject's CT; a subject without a file counts as nothing predicted.
+    """
+    import nibabel as nib
+
+    from inference.phantoms import read_verse
+    from inference.phantoms.verse import read_centroids
+    from inference.result import ENGINE_LABELS
+
+    report = EvaluationReport(model_version=f"predictions in {predictions}", data=str(data))
+    for subject in read_verse(data):
+        candidates = [predictions / f"{subject.subject}_seg-subreg_ctd.json",
+                      predictions / f"{subject.subject}_ctd.json"]
+        found = next((p for p in candidates if p.is_file()), None)
+        pred: dict[int, tuple[float, float, float]] = {}
+        if found is not None:
+            pred = read_centroids(found, cast("nib.Nifti1Image", nib.load(subject.paths["ct"])))
+        gt = {k: v for k, v in subject.centroids.items() if k in ENGINE_LABELS}
+        m = match_subject(gt, {k: v for k, v in pred.items() if k in ENGINE_LABELS})
+        report.subjects.append(SubjectReport(
+            name=subject.subject, gt_labels=sorted(gt), pred_labels=sorted(pred), identified=m.identified,
+            distances=m.distances, stage1_dice=None, seconds=0.0, timings={}))
     return report
 
 

@@ -73,5 +73,5 @@ def register(app: typer.Typer) -> None:
         console.print(f"overlay: {report.png}")
         console.print(
             f"check with: spine-agent evaluate --data {report.verse_dir} "
-            f"--predictions {report.predictions_json.parent}"
+            f"--predictions {report.predictions_json.parent} --out {report.workdir / 'evaluation'}"
         )

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 
 from agent.errors import UserError
+
+if TYPE_CHECKING:
+    from inference.evaluation import EvaluationReport
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +32,11 @@ def evaluate(
         Path | None, typer.Option(help="Weights folder (default: newest shipped version in weights/).")
     ] = None,
     device: Annotated[str | None, typer.Option(help="torch device (default: cuda if available).")] = None,
+    predictions: Annotated[
+        Path | None,
+        typer.Option(help="With --data: score these VerSe centroid files (<subject>_seg-subreg_ctd.json, "
+                          "e.g. from predict or the demo) instead of running the engine."),
+    ] = None,
 ) -> None:
     """Identification rate and localisation error (all, cervical, thoracic, lumbar), stage-1 Dice and
     seconds per volume, as Markdown and JSON."""
@@ -39,6 +47,15 @@ def evaluate(
 
     if (data is None) == (phantoms is None):
         raise UserError("give exactly one of --data DIR or --phantoms N")
+    if predictions is not None:
+        if data is None or not data.is_dir():
+            raise UserError("--predictions needs --data DIR (the VerSe folder with the ground truth)")
+        if not predictions.is_dir():
+            raise UserError(f"--predictions {predictions}: not a folder")
+        from inference.evaluation import score_prediction_files
+
+        _print_and_write(score_prediction_files(data, predictions), out, Console())
+        return
     if phantoms is not None and seed < VAL_SEED_START and seed + phantoms > TRAIN_SEED_START:
         raise UserError(f"--seed {seed}: overlaps the training phantom seeds ({TRAIN_SEED_START}..); "
                         f"use {VAL_SEED_START} or more")
@@ -62,6 +79,10 @@ def evaluate(
     subjects = (pool[i] for i in range(len(pool)))
     report = evaluate_subjects(engine, subjects, name, on_subject=lambda s: console.print(
         f"{s.name}: {sum(s.identified.values())}/{len(s.gt_labels)} identified, {s.seconds:.1f} s"))
+    _print_and_write(report, out, console)
+
+
+def _print_and_write(report: EvaluationReport, out: Path, console: Console) -> None:
     jp, mp = report.write(out)
     overall = report.summary()["regions"]["all"]
     rate = overall["id_rate"]
