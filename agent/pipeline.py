@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-import pydicom
 from pydicom.dataset import Dataset
 
 from dicom_io.seg import build_seg
@@ -57,19 +56,6 @@ class PipelineOutput:
     def dicom_files(self) -> list[Path]:
         """The DICOM objects to send (SEG first, so the SR's reference to it resolves)."""
         return [p for p in (self.seg_path, self.sr_path) if p is not None]
-
-
-def read_source_headers(series_dir: Path, volume: Volume) -> list[Dataset]:
-    """Headers (no pixel data) of the instances the volume was built from, in slice order."""
-    assert volume.source is not None
-    wanted = set(volume.source.sop_instance_uids)
-    headers: dict[str, Dataset] = {}
-    for path in sorted(series_dir.glob("*.dcm")):
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
-        uid = str(ds.SOPInstanceUID)
-        if uid in wanted:
-            headers[uid] = ds
-    return [headers[uid] for uid in dict.fromkeys(volume.source.sop_instance_uids) if uid in headers]
 
 
 def _dataset_bytes(ds: Dataset) -> bytes:
@@ -122,8 +108,8 @@ def run_pipeline(
 
     stage("load")
     t0 = time.perf_counter()
-    volume = load_series(series_dir, max_instances=max_instances)
-    headers = read_source_headers(series_dir, volume)
+    headers: list[Dataset] = []
+    volume = load_series(series_dir, max_instances=max_instances, headers=headers)
     timings["load"] = time.perf_counter() - t0
 
     stage("engine")

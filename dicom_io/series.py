@@ -114,8 +114,12 @@ def load_series(
     max_instances: int = DEFAULT_MAX_INSTANCES,
     min_slices: int = DEFAULT_MIN_SLICES,
     spacing_tolerance: float = DEFAULT_SPACING_TOLERANCE,
+    headers: list[Dataset] | None = None,
 ) -> Volume:
     """Load every ``*.dcm`` in ``directory`` as one CT volume; raise :class:`SeriesRejected` with the reason.
+
+    When ``headers`` is given, it receives the header (no pixel data) of each instance the volume was built
+    from, in slice order, one per instance: what the SEG and SR writers need, without reading them again.
 
     ``max_instances`` bounds both the number of files and the number of slices (frames) of the series
     (``dicom.max_series_instances``); ``min_slices`` is the fewest non-localizer slices accepted;
@@ -133,10 +137,13 @@ def load_series(
 
     instances: list[_Instance] = []
     slices: list[_Slice] = []
+    datasets: dict[str, Dataset] = {}
     for path in files:
-        instance, instance_slices = _read_header(path)
+        instance, instance_slices, ds = _read_header(path)
         instances.append(instance)
         slices.extend(instance_slices)
+        if headers is not None:
+            datasets[str(ds.get("SOPInstanceUID", ""))] = ds
     first = _check_instances(instances)
 
     kept = [s for s in slices if not s.localizer]
@@ -164,13 +171,15 @@ def load_series(
         sop_instance_uids=tuple(s.sop_instance_uid for s in ordered),
         patient=dict(first.patient),
     )
+    if headers is not None:
+        headers.extend(datasets[uid] for uid in dict.fromkeys(source.sop_instance_uids))
     return Volume(array=array, affine=affine, source=source)
 
 
 # --- headers --------------------------------------------------------------------------------------------
 
 
-def _read_header(path: Path) -> tuple[_Instance, list[_Slice]]:
+def _read_header(path: Path) -> tuple[_Instance, list[_Slice], Dataset]:
     try:
         ds = dcmread(path, stop_before_pixels=True)
     except Exception as exc:
@@ -199,8 +208,8 @@ def _read_header(path: Path) -> tuple[_Instance, list[_Slice]]:
     sop_uid = str(ds.get("SOPInstanceUID", ""))
     try:
         if sop_class in _MULTIFRAME_SOP_CLASSES:
-            return instance, list(_frames(ds, path, sop_uid))
-        return instance, [_single_frame(ds, path, sop_uid)]
+            return instance, list(_frames(ds, path, sop_uid)), ds
+        return instance, [_single_frame(ds, path, sop_uid)], ds
     except (AttributeError, IndexError, KeyError, TypeError, ValueError) as exc:
         raise SeriesRejected(
             f"instance {path.name} lacks usable geometry (position, orientation, spacing): {exc}"

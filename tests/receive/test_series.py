@@ -63,6 +63,19 @@ def test_oblique_orientation_gives_a_right_handed_affine(tmp_path: Path) -> None
     assert volume.spacing[2] == pytest.approx(3.0)
 
 
+def test_headers_of_the_used_instances_come_back_in_slice_order(tmp_path: Path) -> None:
+    image_types = [("ORIGINAL", "PRIMARY", "AXIAL")] * 12
+    image_types[0] = ("ORIGINAL", "PRIMARY", "LOCALIZER")
+    positions = [(-6.4, -6.4, 100.0 - k * 2.5) for k in range(12)]
+    positions[0] = (0.0, 0.0, 400.0)
+    write_series(tmp_path, slices=12, positions=positions, image_types=image_types)
+    headers: list = []
+    volume = load_series(tmp_path, headers=headers)
+    assert volume.source is not None
+    assert [str(h.SOPInstanceUID) for h in headers] == list(volume.source.sop_instance_uids)
+    assert all("PixelData" not in h for h in headers)
+
+
 def test_localizers_are_dropped(tmp_path: Path) -> None:
     image_types = [("ORIGINAL", "PRIMARY", "AXIAL")] * 12
     image_types[0] = ("ORIGINAL", "PRIMARY", "LOCALIZER")
