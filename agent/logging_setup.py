@@ -195,6 +195,7 @@ _QUIET_LOGGERS: dict[str, int] = {
     "apscheduler.executors.default": logging.WARNING,
     "apscheduler.scheduler": logging.WARNING,
     "alembic": logging.WARNING,
+    "highdicom": logging.WARNING,  # one line per copied module of every SEG/SR it builds
 }
 
 
