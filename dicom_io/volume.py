@@ -35,29 +35,10 @@ class SourceReference:
     patient: dict[str, str] = field(default_factory=dict)
 
 
-@dataclass
-class Volume:
-    """A 3D CT image in HU with its voxel-to-LPS affine."""
+class VoxelFrame:
+    """Geometry shared by everything with a voxel ``(i, j, k, 1)`` -> LPS mm ``affine`` (volumes, grids)."""
 
-    array: npt.NDArray[np.float32]
     affine: npt.NDArray[np.float64]
-    source: SourceReference | None = None
-
-    def __post_init__(self) -> None:
-        if self.array.ndim != 3:
-            raise ValueError(f"Volume array must be 3D (k, j, i), got shape {self.array.shape}")
-        affine = np.asarray(self.affine, dtype=np.float64)
-        if affine.shape != (4, 4):
-            raise ValueError(f"Volume affine must be 4x4, got {affine.shape}")
-        if abs(np.linalg.det(affine[:3, :3])) < 1e-9:
-            raise ValueError("Volume affine is singular")
-        self.affine = affine
-
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        """``(nk, nj, ni)``: slices, rows, columns."""
-        k, j, i = self.array.shape
-        return (k, j, i)
 
     @property
     def spacing(self) -> tuple[float, float, float]:
@@ -83,8 +64,32 @@ class Volume:
     def lps_to_index(self, lps: npt.ArrayLike) -> npt.NDArray[np.float64]:
         """Map ``(..., 3)`` LPS mm points to fractional voxel indices ``(i, j, k)``."""
         pts = np.asarray(lps, dtype=np.float64)
-        inv = np.linalg.inv(self.affine[:3, :3])
-        return (pts - self.affine[:3, 3]) @ inv.T
+        return (pts - self.affine[:3, 3]) @ np.linalg.inv(self.affine[:3, :3]).T
+
+
+@dataclass
+class Volume(VoxelFrame):
+    """A 3D CT image in HU with its voxel-to-LPS affine."""
+
+    array: npt.NDArray[np.float32]
+    affine: npt.NDArray[np.float64]
+    source: SourceReference | None = None
+
+    def __post_init__(self) -> None:
+        if self.array.ndim != 3:
+            raise ValueError(f"Volume array must be 3D (k, j, i), got shape {self.array.shape}")
+        affine = np.asarray(self.affine, dtype=np.float64)
+        if affine.shape != (4, 4):
+            raise ValueError(f"Volume affine must be 4x4, got {affine.shape}")
+        if abs(np.linalg.det(affine[:3, :3])) < 1e-9:
+            raise ValueError("Volume affine is singular")
+        self.affine = affine
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """``(nk, nj, ni)``: slices, rows, columns."""
+        k, j, i = self.array.shape
+        return (k, j, i)
 
 
 def affine_from_geometry(

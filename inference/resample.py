@@ -20,33 +20,18 @@ import numpy as np
 import numpy.typing as npt
 import SimpleITK as sitk
 
+from dicom_io.volume import VoxelFrame
+
 #: Output slices resampled per SimpleITK call (bounds the temporary input copy).
 SLAB_SLICES = 24
 
 
 @dataclass(frozen=True)
-class Grid:
+class Grid(VoxelFrame):
     """A sampling grid: array shape ``(nk, nj, ni)`` and a 4x4 voxel (i, j, k, 1) -> LPS mm affine."""
 
     shape: tuple[int, int, int]
     affine: npt.NDArray[np.float64]
-
-    @property
-    def spacing(self) -> tuple[float, float, float]:
-        n = np.linalg.norm(self.affine[:3, :3], axis=0)
-        return (float(n[0]), float(n[1]), float(n[2]))
-
-    @property
-    def direction(self) -> npt.NDArray[np.float64]:
-        return self.affine[:3, :3] / np.linalg.norm(self.affine[:3, :3], axis=0)
-
-    def index_to_lps(self, ijk: npt.ArrayLike) -> npt.NDArray[np.float64]:
-        pts = np.asarray(ijk, dtype=np.float64)
-        return pts @ self.affine[:3, :3].T + self.affine[:3, 3]
-
-    def lps_to_index(self, lps: npt.ArrayLike) -> npt.NDArray[np.float64]:
-        pts = np.asarray(lps, dtype=np.float64)
-        return (pts - self.affine[:3, 3]) @ np.linalg.inv(self.affine[:3, :3]).T
 
     def mm_to_lps(self, mm: npt.ArrayLike) -> npt.NDArray[np.float64]:
         """Crop-frame millimetres ``(i*si, j*sj, k*sk)`` (the DSNT output) -> LPS mm."""
