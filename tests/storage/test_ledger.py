@@ -244,20 +244,26 @@ def _claim_all(url: str, owner: str, queue: multiprocessing.Queue) -> None:  # t
     queue.put((owner, won))
 
 
-def test_two_processes_claiming_on_sqlite_never_share_a_job(ledger: Ledger, ledger_url: str) -> None:
-    for i in range(40):
-        ledger.record_instance("1.2", f"1.2.{i}", 1, "p", now=T0)
-    job_ids = ledger.queue_quiet_series(1, now=T0 + timedelta(seconds=5))
-    assert len(job_ids) == 40
+def claim_in_processes(url: str, processes: int = 2) -> list[list[int]]:
+    """Let ``processes`` spawned workers claim jobs from the ledger at ``url`` until none is left;
+    return the job ids each one won."""
     ctx = multiprocessing.get_context("spawn")
     queue = ctx.Queue()
-    procs = [ctx.Process(target=_claim_all, args=(ledger_url, f"p{n}", queue)) for n in range(2)]
+    procs = [ctx.Process(target=_claim_all, args=(url, f"p{n}", queue)) for n in range(processes)]
     for p in procs:
         p.start()
     results = [queue.get(timeout=120) for _ in procs]
     for p in procs:
         p.join(timeout=30)
-    claimed = [job_id for _, won in results for job_id in won]
+    return [won for _, won in results]
+
+
+def test_two_processes_claiming_on_sqlite_never_share_a_job(ledger: Ledger, ledger_url: str) -> None:
+    for i in range(40):
+        ledger.record_instance("1.2", f"1.2.{i}", 1, "p", now=T0)
+    job_ids = ledger.queue_quiet_series(1, now=T0 + timedelta(seconds=5))
+    assert len(job_ids) == 40
+    claimed = [job_id for won in claim_in_processes(ledger_url) for job_id in won]
     assert sorted(claimed) == sorted(job_ids)  # every job claimed exactly once
     assert len(set(claimed)) == len(claimed)
 
@@ -265,12 +271,4 @@ def test_two_processes_claiming_on_sqlite_never_share_a_job(ledger: Ledger, ledg
 def test_single_queued_job_has_exactly_one_winner_among_processes(ledger: Ledger, ledger_url: str) -> None:
     for _round in range(5):
         queued_job(ledger, uid=f"9.9.{_round}")
-        ctx = multiprocessing.get_context("spawn")
-        queue = ctx.Queue()
-        procs = [ctx.Process(target=_claim_all, args=(ledger_url, f"p{n}", queue)) for n in range(2)]
-        for p in procs:
-            p.start()
-        results = [queue.get(timeout=120) for _ in procs]
-        for p in procs:
-            p.join(timeout=30)
-        assert sum(len(won) for _, won in results) == 1
+        assert sum(len(won) for won in claim_in_processes(ledger_url)) == 1

@@ -3,7 +3,6 @@ e.g. postgresql+psycopg://spine:spine@127.0.0.1/spine_test (.ci/run starts such 
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 from collections.abc import Iterator
 from datetime import timedelta
@@ -12,7 +11,7 @@ import pytest
 from sqlalchemy import text
 
 from storage import DeliveryState, IllegalTransition, JobState, Ledger
-from tests.storage.test_ledger import T0, _claim_all, queued_job
+from tests.storage.test_ledger import T0, claim_in_processes, queued_job
 
 pytestmark = pytest.mark.postgres
 
@@ -61,13 +60,5 @@ def test_two_processes_claiming_on_postgresql_never_share_a_job(pg_ledger: Ledge
     for i in range(40):
         pg_ledger.record_instance("1.2", f"1.2.{i}", 1, "p", now=T0)
     job_ids = pg_ledger.queue_quiet_series(1, now=T0 + timedelta(seconds=5))
-    ctx = multiprocessing.get_context("spawn")
-    queue = ctx.Queue()
-    procs = [ctx.Process(target=_claim_all, args=(pg_url, f"p{n}", queue)) for n in range(2)]
-    for p in procs:
-        p.start()
-    results = [queue.get(timeout=120) for _ in procs]
-    for p in procs:
-        p.join(timeout=30)
-    claimed = [job_id for _, won in results for job_id in won]
+    claimed = [job_id for won in claim_in_processes(pg_url) for job_id in won]
     assert sorted(claimed) == sorted(job_ids)
