@@ -173,7 +173,7 @@ class JsonLinesFormatter(logging.Formatter):
 
 
 class TextFormatter(logging.Formatter):
-    """``2026-01-01T12:00:00.000+00:00 INFO agent.worker: message job_id=3 series=ab12cd34ef56``."""
+    """``2026-01-01T12:00:00.000+00:00 INFO agent.service.worker: message job_id=3 series=ab12cd34ef56``."""
 
     def format(self, record: logging.LogRecord) -> str:
         line = f"{_timestamp(record)} {record.levelname} {record.name}: {record.getMessage()}"

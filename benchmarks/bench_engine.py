@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from dicom_io.volume import Volume, affine_from_geometry
-from inference.engine import Engine
+from inference.engine.engine import Engine
 from inference.phantoms import generate_phantom
 
 

@@ -21,7 +21,7 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
-from inference.result import VERTEBRA_NAMES
+from dicom_io.result import VERTEBRA_NAMES
 
 __all__ = [
     "ALGORITHM_FAMILY",
@@ -106,7 +106,7 @@ _STANDARD: dict[int, Code] = {
 VERTEBRA_CODES: Mapping[int, Code] = MappingProxyType({**_STANDARD, 25: _L6, 28: _T13})
 
 if set(VERTEBRA_CODES) != set(VERTEBRA_NAMES):  # pragma: no cover - guards the two tables drifting apart
-    raise ImportError("dicom_io.codes.VERTEBRA_CODES does not cover inference.result.VERTEBRA_NAMES")
+    raise ImportError("dicom_io.codes.VERTEBRA_CODES does not cover dicom_io.result.VERTEBRA_NAMES")
 
 
 def vertebra_code(label: int) -> Code:

@@ -11,8 +11,8 @@ import numpy as np
 import numpy.typing as npt
 from pydicom.dataset import Dataset
 
+from dicom_io.result import VERTEBRA_NAMES, Landmark
 from dicom_io.volume import Volume
-from inference.result import VERTEBRA_NAMES, Landmark
 
 _LABEL_BY_NAME = {name: label for label, name in VERTEBRA_NAMES.items()}
 

@@ -39,8 +39,8 @@ from dicom_io.codes import (
     uses_private_scheme,
     vertebra_code,
 )
+from dicom_io.result import ANATOMICAL_ORDER, Result, vertebra_name
 from dicom_io.volume import SourceReference, Volume
-from inference.result import ANATOMICAL_ORDER, Result, vertebra_name
 
 __all__ = ["SegBuildError", "build_seg", "segment_colour", "vertebra_labels_in_mask"]
 

@@ -49,7 +49,7 @@ from dicom_io.codes import (
     uses_private_scheme,
     vertebra_code,
 )
-from inference.result import ANATOMICAL_ORDER, Landmark, Result
+from dicom_io.result import ANATOMICAL_ORDER, Landmark, Result
 
 __all__ = ["SrBuildError", "build_sr", "default_device_observer_uid", "segment_tracking_uids"]
 

@@ -1,7 +1,7 @@
 """The vertebra engine (ISE-VNet + 3D DSNT), its phantoms, training and evaluation.
 
 ``from inference import Engine, default_weights_dir`` works without importing torch until used, so
-torch-free modules such as :mod:`inference.result` stay light.
+torch-free modules such as :mod:`dicom_io.result` stay light.
 """
 
 from __future__ import annotations

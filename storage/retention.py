@@ -143,7 +143,7 @@ class RetentionSweeper:
     @staticmethod
     def _count(report: RetentionReport) -> None:
         # Imported here: the counters live in the agent's one registry; storage stays importable alone.
-        from agent import metrics
+        from agent.web import metrics
 
         metrics.RETENTION_PURGED_JOBS.labels(reason="age").inc(len(report.purged_by_age))
         metrics.RETENTION_PURGED_JOBS.labels(reason="watermark").inc(len(report.purged_by_watermark))

@@ -11,26 +11,12 @@ See ``docs/phantoms.md`` for the anatomy, the randomisation and the ground-truth
 from inference.phantoms.dicom_writer import write_dicom_series
 from inference.phantoms.generate import Phantom, generate_phantom
 from inference.phantoms.spec import FOV_NAMES, VARIANTS, PhantomSpec
-from inference.phantoms.verse import (
-    VerseFormatError,
-    VersePaths,
-    VerseSubject,
-    read_verse,
-    read_verse_subject,
-    write_verse,
-)
 
 __all__ = [
     "FOV_NAMES",
     "VARIANTS",
     "Phantom",
     "PhantomSpec",
-    "VerseFormatError",
-    "VersePaths",
-    "VerseSubject",
     "generate_phantom",
-    "read_verse",
-    "read_verse_subject",
     "write_dicom_series",
-    "write_verse",
 ]

@@ -54,7 +54,7 @@ class Phantom:
 
     @property
     def names(self) -> dict[int, str]:
-        from inference.result import vertebra_name
+        from dicom_io.result import vertebra_name
 
         return {label: vertebra_name(label) for label in self.centroids}
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from dicom_io.result import vertebra_name
 from inference.phantoms.generate import Phantom, generate_phantom
-from inference.result import vertebra_name
 
 logger = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.demo import run_demo
+from agent.cli.demo import run_demo
 
 pytestmark = pytest.mark.slow
 

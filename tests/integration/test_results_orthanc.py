@@ -10,15 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from agent.sender import AssociationFailed, run_due_deliveries, send_files
+from agent.service.sender import AssociationFailed, run_due_deliveries, send_files
 from config.settings import DeliverySettings, Destination, Settings, StorageSettings
 from dicom_io.seg import build_seg
 from dicom_io.sr import build_sr
 from storage import DeliveryState, Ledger
 from storage.spool import Spool
 from tests.conftest import free_port
+from tests.dicom_io.ct_series import CTSeries, labelled_result, write_ct_series
 from tests.integration.orthanc import OrthancServer, orthanc, require_orthanc, start_orthanc
-from tests.results.ct_series import CTSeries, labelled_result, write_ct_series
 
 __all__ = ["orthanc"]  # the fixture, imported so pytest finds it here
 

@@ -1,0 +1,363 @@
+"""Sending results back: a C-STORE SCU, and the ledger-driven delivery loop with back-off.
+
+:func:`send_files` stores a list of DICOM files at one destination over one association. It proposes,
+per SOP Class found in the files, a presentation context with both uncompressed little-endian
+transfer syntaxes (pynetdicom re-encodes an uncompressed dataset into whichever is accepted) and one
+context per compressed transfer syntax present (those are sent as they are). It returns each file's
+DICOM status; an association that is refused, aborted or cannot be opened raises
+:class:`AssociationFailed` with the reason in words.
+
+:func:`run_due_deliveries` is what the scheduler calls every few seconds: for every PENDING delivery
+whose time has come it sends the job's output files that the destination has not stored yet, and
+records the attempt in the ledger: DELIVERED when every file is stored, PENDING with an exponential
+back-off (``retry_base_s * 2**(attempts-1)``, capped at ``retry_cap_s``) after a transient failure,
+FAILED when ``max_attempts`` is spent or the failure cannot heal by waiting (destination no longer
+configured, job outputs gone, SOP Class refused by the peer). The next attempt time, the attempt count
+and the instances already stored live in the ledger, so a restart resumes where it stopped and never
+re-sends an instance that was stored.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from pydicom import dcmread
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE, evt
+from pynetdicom.pdu_primitives import A_ASSOCIATE
+
+from agent.web import metrics
+from config.settings import Destination, Settings
+from storage import DeliveryState, Ledger
+from storage.ledger import utcnow
+from storage.models import Delivery
+from storage.spool import Spool
+
+__all__ = [
+    "AssociationFailed",
+    "SendOutcome",
+    "StoreResult",
+    "backoff_delay",
+    "deliver",
+    "run_due_deliveries",
+    "send_files",
+]
+
+log = logging.getLogger(__name__)
+
+#: pynetdicom's (and DICOM's) limit on presentation contexts in one association request.
+MAX_CONTEXTS = 128
+_UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+#: C-STORE statuses that mean "stored" (PS3.4 B.2.3): success and the three warnings.
+_STORED = frozenset({0x0000, 0xB000, 0xB006, 0xB007})
+#: Failures that waiting will not cure: SOP Class not supported / refused, data set does not match.
+_PERMANENT_STATUSES = frozenset({0x0122, 0x0124})
+_PERMANENT_RANGES = ((0xA900, 0xA9FF), (0xC000, 0xCFFF))
+
+
+class AssociationFailed(ConnectionError):
+    """No association with the destination: it rejected the request, aborted, or could not be reached.
+
+    The message names the destination and the reason (rejection result/source/reason when the peer
+    sent one). Sending again later may work; nothing was stored by this attempt beyond what
+    :class:`SendOutcome` reported before the failure.
+    """
+
+
+@dataclass(frozen=True)
+class StoreResult:
+    """What happened to one file."""
+
+    path: Path
+    sop_instance_uid: str | None
+    #: DICOM status of the C-STORE response; None when no response came (not sent, link lost).
+    status: int | None
+    error: str | None = None
+
+    @property
+    def stored(self) -> bool:
+        """The peer stored the instance (success or a warning status)."""
+        return self.status in _STORED
+
+    @property
+    def permanent_failure(self) -> bool:
+        """A failure that a later attempt would get again (the peer refuses this object)."""
+        if self.status is None or self.stored:
+            return False
+        return self.status in _PERMANENT_STATUSES or any(
+            lo <= self.status <= hi for lo, hi in _PERMANENT_RANGES
+        )
+
+
+@dataclass(frozen=True)
+class SendOutcome:
+    """Per-file results of one association."""
+
+    destination: str
+    results: tuple[StoreResult, ...]
+
+    @property
+    def all_succeeded(self) -> bool:
+        return all(r.stored for r in self.results)
+
+    @property
+    def stored_instances(self) -> list[str]:
+        return [r.sop_instance_uid for r in self.results if r.stored and r.sop_instance_uid]
+
+    @property
+    def failures(self) -> list[StoreResult]:
+        return [r for r in self.results if not r.stored]
+
+    def summary(self) -> str:
+        """One line: counts, then the first failures with their status."""
+        stored = len(self.results) - len(self.failures)
+        text = f"{stored}/{len(self.results)} stored at {self.destination}"
+        details = [
+            f"{r.path.name}: "
+            + (f"status 0x{r.status:04X}" if r.status is not None else "no response")
+            + (f" ({r.error})" if r.error else "")
+            for r in self.failures[:3]
+        ]
+        return text + ("; " + "; ".join(details) if details else "")
+
+
+@dataclass(frozen=True)
+class _Item:
+    path: Path
+    sop_class_uid: str
+    sop_instance_uid: str
+    transfer_syntax: UID
+
+
+def _scan(files: Sequence[Path]) -> tuple[list[_Item], list[StoreResult]]:
+    items: list[_Item] = []
+    unreadable: list[StoreResult] = []
+    for path in files:
+        try:
+            header = dcmread(path, stop_before_pixels=True)
+            items.append(
+                _Item(
+                    path,
+                    str(header.SOPClassUID),
+                    str(header.SOPInstanceUID),
+                    UID(header.file_meta.TransferSyntaxUID),
+                )
+            )
+        except (OSError, InvalidDicomError, AttributeError) as exc:
+            unreadable.append(StoreResult(path, None, None, f"not a readable DICOM file: {exc}"))
+    return items, unreadable
+
+
+def _contexts(items: Sequence[_Item]) -> list[tuple[str, list[str]]]:
+    contexts: dict[tuple[str, tuple[str, ...]], None] = {}
+    for item in items:
+        syntaxes = _UNCOMPRESSED if not item.transfer_syntax.is_compressed else (item.transfer_syntax,)
+        contexts[(item.sop_class_uid, tuple(syntaxes))] = None
+    if len(contexts) > MAX_CONTEXTS:
+        raise ValueError(f"{len(contexts)} presentation contexts needed, DICOM allows {MAX_CONTEXTS}")
+    return [(sop_class, list(syntaxes)) for sop_class, syntaxes in contexts]
+
+
+def send_files(
+    called_ae: str,
+    host: str,
+    port: int,
+    files: Sequence[Path],
+    *,
+    calling_ae: str,
+    timeout_s: float = 30.0,
+    skip_instances: Collection[str] = (),
+) -> SendOutcome:
+    """Store ``files`` at ``called_ae@host:port`` in one association, calling as ``calling_ae``.
+
+    Files whose SOP Instance UID is in ``skip_instances`` are not sent (and not reported). Unreadable
+    files are reported with status None. Each C-STORE's status is returned; a failed C-STORE does not
+    stop the others.
+
+    Raises:
+        AssociationFailed: the association was rejected, aborted or could not be opened, or no
+            presentation context was accepted; nothing was sent.
+    """
+    destination = f"{called_ae}@{host}:{port}"
+    items, results = _scan(files)
+    items = [item for item in items if item.sop_instance_uid not in skip_instances]
+    if not items:
+        return SendOutcome(destination, tuple(results))
+
+    ae = AE(ae_title=calling_ae)
+    ae.acse_timeout = timeout_s
+    ae.dimse_timeout = timeout_s
+    ae.network_timeout = timeout_s
+    for sop_class, syntaxes in _contexts(items):
+        ae.add_requested_context(sop_class, syntaxes)
+
+    rejection: list[str] = []
+
+    def _on_acse_recv(event: Any) -> None:
+        primitive = event.primitive
+        if isinstance(primitive, A_ASSOCIATE) and primitive.result in (0x01, 0x02):
+            rejection.append(f"{primitive.result_str}, source {primitive.source_str}: {primitive.reason_str}")
+
+    assoc = ae.associate(host, port, ae_title=called_ae, evt_handlers=[(evt.EVT_ACSE_RECV, _on_acse_recv)])
+    if not assoc.is_established:
+        if assoc.is_rejected:
+            reason = rejection[0] if rejection else "no reason given"
+            raise AssociationFailed(f"{destination} rejected the association ({reason})")
+        raise AssociationFailed(
+            f"no association with {destination}: connection refused, unreachable, timed out or aborted"
+        )
+    try:
+        accepted = {str(cx.abstract_syntax) for cx in assoc.accepted_contexts}
+        if not accepted:
+            raise AssociationFailed(f"{destination} accepted none of the proposed presentation contexts")
+        for item in items:
+            results.append(_store_one(assoc, item, accepted))
+            if not assoc.is_established:
+                break
+        sent = {r.path for r in results}
+        results.extend(
+            StoreResult(item.path, item.sop_instance_uid, None, "association lost before sending")
+            for item in items
+            if item.path not in sent
+        )
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    outcome = SendOutcome(destination, tuple(results))
+    log.info("C-STORE to %s: %s", destination, outcome.summary())
+    return outcome
+
+
+def _store_one(assoc: Any, item: _Item, accepted: set[str]) -> StoreResult:
+    if item.sop_class_uid not in accepted:
+        # 0x0122 "SOP Class not supported": the peer refused the context for this class.
+        return StoreResult(item.path, item.sop_instance_uid, 0x0122, "SOP Class not accepted by the peer")
+    try:
+        dataset = dcmread(item.path)
+        response = assoc.send_c_store(dataset)
+    except (OSError, ValueError, RuntimeError) as exc:
+        return StoreResult(item.path, item.sop_instance_uid, None, f"{exc.__class__.__name__}: {exc}")
+    if "Status" not in response:
+        return StoreResult(item.path, item.sop_instance_uid, None, "no C-STORE response (timeout or abort)")
+    status = int(response.Status)
+    comment = str(response.get("ErrorComment", "")) or None
+    return StoreResult(item.path, item.sop_instance_uid, status, comment)
+
+
+# --- ledger-driven deliveries ---------------------------------------------------------------------
+
+
+def backoff_delay(attempts: int, base_s: float, cap_s: float) -> float:
+    """Seconds to wait after ``attempts`` failed attempts: ``base_s * 2**(attempts-1)``, at most ``cap_s``."""
+    if attempts < 1:
+        return 0.0
+    return float(min(cap_s, base_s * 2.0 ** min(attempts - 1, 62)))
+
+
+#: Seconds a sending attempt holds its delivery (another agent on the same ledger skips it meanwhile).
+DELIVERY_LEASE_S = 300.0
+
+
+def run_due_deliveries(ledger: Ledger, settings: Settings, now: datetime | None = None) -> list[Delivery]:
+    """Attempt every delivery that is due; return the rows as recorded after their attempt.
+
+    One delivery failing never stops the others; every attempt is in the ledger and the log.
+    """
+    now = now or utcnow()
+    spool = Spool(settings.storage.spool_dir)
+    updated: list[Delivery] = []
+    for delivery in ledger.due_deliveries(now):
+        if not ledger.claim_delivery(delivery, DELIVERY_LEASE_S, now):
+            continue  # another agent sharing the ledger is sending it
+        try:
+            updated.append(deliver(ledger, settings, spool, delivery, now))
+        except Exception:  # keep the loop alive: the next tick tries again
+            log.exception(
+                "delivery %d: attempt crashed",
+                delivery.id,
+                extra={"delivery_id": delivery.id, "destination": delivery.destination},
+            )
+    return updated
+
+
+def deliver(ledger: Ledger, settings: Settings, spool: Spool, delivery: Delivery, now: datetime) -> Delivery:
+    """One attempt at one PENDING delivery, recorded in the ledger (see the module docstring)."""
+    extra = {"delivery_id": delivery.id, "destination": delivery.destination}
+    policy = settings.delivery
+    attempts_after = delivery.attempts + 1
+
+    def record(
+        outcome: DeliveryState,
+        *,
+        sent: Sequence[str] = (),
+        status: int | None = None,
+        error: str | None = None,
+    ) -> Delivery:
+        next_at = None
+        if outcome == DeliveryState.PENDING:
+            if attempts_after >= policy.max_attempts:
+                outcome = DeliveryState.FAILED
+                error = f"gave up after {attempts_after} attempts: {error}"
+            else:
+                next_at = now + timedelta(
+                    seconds=backoff_delay(attempts_after, policy.retry_base_s, policy.retry_cap_s)
+                )
+        metrics.DELIVERY_ATTEMPTS.labels(outcome=outcome.value.lower()).inc()
+        if outcome == DeliveryState.DELIVERED:
+            log.info("delivery %d: delivered to %s", delivery.id, delivery.destination, extra=extra)
+        elif outcome == DeliveryState.FAILED:
+            log.warning("delivery %d: failed: %s", delivery.id, error, extra=extra)
+        else:
+            log.info("delivery %d: will retry at %s: %s", delivery.id, next_at, error, extra=extra)
+        return ledger.record_delivery_attempt(
+            delivery.id,
+            sent_instances=list(sent),
+            status=status,
+            error=error,
+            outcome=outcome,
+            next_attempt_at=next_at,
+            now=now,
+        )
+
+    destination = _destination(settings, delivery.destination)
+    if destination is None:
+        return record(DeliveryState.FAILED, error=f"destination {delivery.destination!r} is not configured")
+    job = ledger.get_job(delivery.job_id)
+    if job.output_path is None or job.purged_at is not None:
+        return record(DeliveryState.FAILED, error=f"job {job.id} has no output files to send")
+    try:
+        out_dir = spool.resolve(job.output_path)
+    except ValueError as exc:
+        return record(DeliveryState.FAILED, error=f"job {job.id}: bad output path: {exc}")
+    files = sorted(out_dir.glob("*.dcm"))
+    if not files:
+        return record(DeliveryState.FAILED, error=f"job {job.id}: no DICOM files in its output folder")
+
+    try:
+        outcome = send_files(
+            destination.ae_title,
+            destination.host,
+            destination.port,
+            files,
+            calling_ae=policy.calling_ae_title,
+            skip_instances=set(delivery.sent_instances),
+        )
+    except AssociationFailed as exc:
+        return record(DeliveryState.PENDING, error=str(exc))
+    if outcome.all_succeeded:
+        return record(DeliveryState.DELIVERED, sent=outcome.stored_instances, status=0x0000)
+    last = outcome.failures[-1]
+    state = (
+        DeliveryState.FAILED if any(f.permanent_failure for f in outcome.failures) else DeliveryState.PENDING
+    )
+    return record(state, sent=outcome.stored_instances, status=last.status, error=outcome.summary())
+
+
+def _destination(settings: Settings, name: str) -> Destination | None:
+    return next((d for d in settings.destinations if d.name == name), None)

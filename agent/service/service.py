@@ -1,0 +1,163 @@
+"""``spine-agent serve``: the SCP, the scheduler, the worker, the sender and the HTTP endpoint together.
+
+Start order: ledger (migrated) -> spool -> engine (loaded once) -> worker -> scheduler ticks (quiet
+timer, deliveries, retention) -> HTTP -> SCP last, so nothing is accepted before it can be processed.
+Stop order (SIGTERM/SIGINT): SCP first (no new associations), scheduler, then the worker finishes its
+job within ``shutdown_grace_s`` or releases it to the queue, HTTP, ledger.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from dataclasses import dataclass
+from types import FrameType
+
+from agent.errors import UserError
+from agent.service.pipeline import Predictor
+from agent.service.scheduler import AgentScheduler
+from agent.service.scp import StorageSCP
+from agent.service.sender import run_due_deliveries
+from agent.service.worker import JobWorker
+from agent.web import metrics
+from agent.web.dashboard import Dashboard, load_admin_token
+from agent.web.http import CheckResult, HealthServer
+from config import Settings
+from storage import Ledger
+from storage.retention import RetentionSweeper
+from storage.spool import Spool
+
+log = logging.getLogger(__name__)
+
+#: Seconds between delivery ticks (each tick sends what is due; back-off lives in the ledger).
+DELIVERY_TICK_S = 2.0
+
+
+def load_engine(settings: Settings) -> Predictor:
+    """Build the predictor once (weights from config, or the newest shipped version)."""
+    from inference.engine.engine import Engine, WeightsError
+
+    device = None if settings.engine.device == "auto" else settings.engine.device
+    try:
+        return Engine.from_weights(settings.engine.weights_dir, device=device)
+    except WeightsError as exc:
+        raise UserError(f"engine weights: {exc}") from None
+
+
+@dataclass
+class ShutdownReport:
+    released_job: int | None
+
+
+class AgentService:
+    """The running agent. ``start()`` returns once everything listens; ``stop()`` is idempotent."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        engine: Predictor | None = None,
+        shutdown_grace_s: float = 20.0,
+        worker_poll_s: float = 1.0,
+    ) -> None:
+        self.settings = settings
+        self.shutdown_grace_s = shutdown_grace_s
+        self.ledger = Ledger(settings.ledger.url, max_attempts=settings.ledger.max_attempts)
+        self.spool = Spool(settings.storage.spool_dir)
+        self._engine = engine
+        self._worker_poll_s = worker_poll_s
+        self.worker: JobWorker | None = None
+        self.scheduler: AgentScheduler | None = None
+        self.http: HealthServer | None = None
+        self.scp: StorageSCP | None = None
+        self._stopped = threading.Event()
+        self._stop_lock = threading.Lock()
+        self._stop_report: ShutdownReport | None = None
+
+    @property
+    def engine(self) -> Predictor | None:
+        return self._engine
+
+    def start(self) -> None:
+        # Read the admin token first: a bad token file stops the start before anything listens.
+        http = self.settings.http
+        admin_token = load_admin_token(http) if http.port and http.dashboard else None
+        self.ledger.upgrade()
+        if self._engine is None:
+            self._engine = load_engine(self.settings)
+        version = getattr(getattr(self._engine, "plan", None), "version", "unknown")
+        metrics.MODEL_INFO.labels(version=str(version)).set(1)
+        self.worker = JobWorker(
+            self.settings, self.ledger, self.spool, self._engine, poll_s=self._worker_poll_s
+        )
+        self.worker.start()
+        self.scheduler = AgentScheduler(self.settings, self.ledger)
+        self.scheduler.add_interval("deliveries", self._deliver, DELIVERY_TICK_S)
+        sweeper = RetentionSweeper(self.settings, self.ledger)
+        self.scheduler.add_interval("retention", sweeper.sweep, self.settings.retention.interval_s)
+        self.scheduler.start()
+        if self.settings.http.port:
+            self.http = HealthServer(
+                self.settings,
+                self.ledger,
+                model_loaded=lambda: self._engine is not None,
+                extra_checks={"scp": self._check_scp, "worker": self._check_worker},
+                dashboard=Dashboard(self.ledger, admin_token=admin_token) if http.dashboard else None,
+            )
+            self.http.start()
+        self.scp = StorageSCP(self.settings, self.ledger, spool=self.spool)
+        self.scp.start()
+        log.info(
+            "spine-agent listening as %s on port %d, %d destination(s), engine %s",
+            self.settings.dicom.ae_title,
+            self.scp.port,
+            len(self.settings.destinations),
+            version,
+        )
+
+    def _check_scp(self) -> CheckResult:
+        running = self.scp is not None and self.scp.running
+        return CheckResult(running, "listening" if running else "the DICOM SCP is not listening")
+
+    def _check_worker(self) -> CheckResult:
+        alive = self.worker is not None and self.worker.alive
+        return CheckResult(alive, "running" if alive else "the job worker is not running")
+
+    def _deliver(self) -> None:
+        run_due_deliveries(self.ledger, self.settings)
+
+    def stop(self) -> ShutdownReport:
+        """Stop taking associations, stop the ticks, finish or release the current job, close."""
+        with self._stop_lock:
+            if self._stop_report is not None:
+                return self._stop_report
+            if self.scp is not None:
+                self.scp.stop()
+            if self.scheduler is not None:
+                self.scheduler.shutdown()
+            released = self.worker.stop(self.shutdown_grace_s) if self.worker is not None else None
+            if self.http is not None:
+                self.http.stop()
+            self.ledger.close()
+            self._stop_report = ShutdownReport(released_job=released)
+            self._stopped.set()
+            log.info("spine-agent stopped%s", f"; job {released} released" if released else "")
+            return self._stop_report
+
+    def run_until_signalled(self) -> ShutdownReport:
+        """Start, block until SIGTERM or SIGINT, then stop gracefully."""
+        wake = threading.Event()
+
+        def _on_signal(signum: int, _frame: FrameType | None) -> None:
+            log.info("received %s; stopping", signal.Signals(signum).name)
+            wake.set()
+
+        previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            self.start()
+            wake.wait()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        return self.stop()

@@ -1,0 +1,206 @@
+"""The job worker: claims QUEUED jobs from the ledger and runs the pipeline on them.
+
+One worker per engine device. A claimed job carries a lease that a heartbeat thread renews while the
+engine runs; if this process dies, the lease lapses and another worker (or this one after a restart)
+claims the job again. A series the loader refuses fails at once with its reason; other errors spend one
+attempt and requeue the job until ``ledger.max_attempts``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+import threading
+import time
+
+from agent.logging_setup import series_hash
+from agent.service.pipeline import NoVertebraFound, Predictor, run_pipeline
+from agent.web import metrics
+from config import Settings
+from dicom_io.errors import SeriesRejected
+from storage import IllegalTransition, Job, JobState, Ledger
+from storage.spool import Spool
+
+log = logging.getLogger(__name__)
+
+
+def worker_identity() -> str:
+    """host:pid, recorded as the lease owner."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class JobWorker:
+    """Claims and processes jobs one at a time in a background thread."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        ledger: Ledger,
+        spool: Spool,
+        engine: Predictor,
+        *,
+        owner: str | None = None,
+        poll_s: float = 1.0,
+    ) -> None:
+        self.settings = settings
+        self.ledger = ledger
+        self.spool = spool
+        self.engine = engine
+        self.owner = owner or worker_identity()
+        self.poll_s = poll_s
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._current: int | None = None
+        self._lock = threading.Lock()
+
+    # --- life cycle -----------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="job-worker", daemon=True)
+        self._thread.start()
+
+    def stop(self, grace_s: float) -> int | None:
+        """Stop claiming; wait up to ``grace_s`` for the current job, else release it to the queue.
+
+        Returns the id of a job that was released (it will run again after a restart), or None.
+        """
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=grace_s)
+        with self._lock:
+            current = self._current
+            self._current = None  # a late finish of the abandoned attempt must not touch the ledger
+        if current is None:
+            return None
+        try:
+            self.ledger.release_job(current, owner=self.owner)
+            log.warning("job %d released unfinished at shutdown; it will run again", current)
+        except IllegalTransition:
+            return None
+        return current
+
+    @property
+    def alive(self) -> bool:
+        """True while the worker thread runs."""
+        return self._thread is not None and self._thread.is_alive()
+
+    @property
+    def busy(self) -> bool:
+        return self._current is not None
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                worked = self.run_once()
+            except Exception:  # the loop must survive ledger hiccups (e.g. a locked database)
+                log.exception("worker loop error; retrying in %.0f s", self.poll_s * 5)
+                self._stop.wait(self.poll_s * 5)
+                continue
+            if worked is None:
+                self._stop.wait(self.poll_s)
+
+    # --- one job --------------------------------------------------------------------------------------
+
+    def run_once(self) -> int | None:
+        """Claim and process one job; return its id, or None when the queue was empty."""
+        if self._stop.is_set():
+            return None
+        job = self.ledger.claim_job(self.owner, self.settings.ledger.lease_s)
+        if job is None:
+            return None
+        with self._lock:
+            self._current = job.id
+        heartbeat_stop = threading.Event()
+        heartbeat = threading.Thread(
+            target=self._heartbeat, args=(job.id, heartbeat_stop), name=f"lease-{job.id}", daemon=True
+        )
+        heartbeat.start()
+        try:
+            self._process(job)
+        finally:
+            heartbeat_stop.set()
+            with self._lock:
+                self._current = None
+        return job.id
+
+    def _still_mine(self, job_id: int) -> bool:
+        with self._lock:
+            return self._current == job_id
+
+    def _heartbeat(self, job_id: int, stop: threading.Event) -> None:
+        interval = max(1.0, self.settings.ledger.lease_s / 3)
+        while not stop.wait(interval):
+            if not self.ledger.renew_lease(job_id, self.owner, self.settings.ledger.lease_s):
+                log.warning("job %d: lease lost (cancelled or reclaimed)", job_id)
+                return
+
+    def _process(self, job: Job) -> None:
+        extra = {"job_id": job.id, "series": series_hash(job.series.series_instance_uid)}
+        log.info("job %d: started (attempt %d)", job.id, job.attempts, extra=extra)
+        series_dir = self.spool.resolve(job.series.spool_path)
+        out_dir = self.spool.output_dir(job.id)
+        started = time.perf_counter()
+        try:
+            output = run_pipeline(
+                series_dir, out_dir, self.engine, max_instances=self.settings.dicom.max_series_instances
+            )
+        except SeriesRejected as exc:
+            self._finish_failed(job, f"series refused: {exc}", extra)
+            return
+        except NoVertebraFound as exc:
+            self._finish_failed(job, str(exc), extra)
+            shutil.rmtree(out_dir, ignore_errors=True)
+            return
+        except Exception as exc:
+            log.exception("job %d: attempt %d failed", job.id, job.attempts, extra=extra)
+            reason = f"{exc.__class__.__name__}: {exc}"
+            if job.attempts >= self.ledger.max_attempts:
+                self._finish_failed(job, f"failed after {job.attempts} attempt(s): {reason}", extra)
+            elif self._still_mine(job.id):
+                self.ledger.requeue_job(job.id, owner=self.owner, reason=reason)
+            shutil.rmtree(out_dir, ignore_errors=True)
+            return
+        elapsed = time.perf_counter() - started
+        if not self._still_mine(job.id):
+            log.warning(
+                "job %d: finished after it was released; discarding this attempt", job.id, extra=extra
+            )
+            return
+        timings = {**output.timings, "total": elapsed}
+        try:
+            self.ledger.succeed_job(
+                job.id,
+                owner=self.owner,
+                timings=timings,
+                model_version=output.result.model_version,
+                output_path=self.spool.relative(out_dir),
+                destinations=[d.name for d in self.settings.destinations],
+            )
+        except IllegalTransition as exc:  # cancelled by an admin while running
+            log.warning("job %d: result dropped: %s", job.id, exc, extra=extra)
+            return
+        metrics.JOB_DURATION.observe(elapsed)
+        for stage, seconds in timings.items():
+            if stage != "total":
+                metrics.STAGE_DURATION.labels(stage=stage).observe(seconds)
+        metrics.JOBS_FINISHED.labels(state=JobState.SUCCEEDED.value).inc()
+        log.info(
+            "job %d: succeeded, %d vertebrae in %.1f s",
+            job.id,
+            len(output.result.landmarks),
+            elapsed,
+            extra=extra,
+        )
+
+    def _finish_failed(self, job: Job, reason: str, extra: dict[str, object]) -> None:
+        if not self._still_mine(job.id):
+            return
+        try:
+            self.ledger.fail_job(job.id, reason, owner=self.owner)
+        except IllegalTransition as exc:
+            log.warning("job %d: could not record failure: %s", job.id, exc, extra=extra)
+            return
+        metrics.JOBS_FINISHED.labels(state=JobState.FAILED.value).inc()
+        log.warning("job %d: failed: %s", job.id, reason, extra=extra)

@@ -1,0 +1,1 @@
+"""HTTP: health and readiness checks, Prometheus metrics, the admin dashboard."""

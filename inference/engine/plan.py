@@ -1,0 +1,139 @@
+"""The engine plan: everything needed to rebuild both stages, stored as ``engine.json`` beside the weights.
+
+Like nnU-Net's plans file, the networks are rebuilt from this description, never from code defaults,
+so old weights keep working when the defaults change.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from dicom_io.result import ENGINE_LABELS
+from inference.engine.networks import NetworkConfig
+from inference.engine.postprocess import ConfidenceCalibration
+
+PLAN_FILE = "engine.json"
+
+#: HU window fed to the networks: air .. dense cortical bone / contrast, scaled by 1/1000.
+HU_MIN = -1000.0
+HU_MAX = 2000.0
+#: Value used outside the scanned field of view (air).
+HU_OUTSIDE = -1024.0
+
+
+def normalise_hu(array: npt.NDArray[Any]) -> npt.NDArray[np.float32]:
+    """Clip to the HU window and scale to roughly [-1, 2] (float32, new array)."""
+    out = np.clip(array, HU_MIN, HU_MAX).astype(np.float32)
+    out *= np.float32(1.0 / 1000.0)
+    return out
+
+
+@dataclass(frozen=True)
+class Stage1Plan:
+    """Coarse spine segmentation (ISE-VNet)."""
+
+    network: NetworkConfig = field(default_factory=lambda: NetworkConfig(base=8, levels=4,
+                                                                         convs_per_level=(1, 2, 2, 2)))
+    spacing_mm: float = 4.0
+    #: Sliding-window patch (k, j, i) and stride in voxels.
+    patch: tuple[int, int, int] = (64, 64, 64)
+    stride: tuple[int, int, int] = (48, 48, 48)
+    threshold: float = 0.5
+    #: Margin added around the mask's bounding box to make the stage-2 ROI (mm).
+    roi_margin_mm: float = 12.0
+    weights: str = "stage1.pt"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"network": self.network.to_json(), "spacing_mm": self.spacing_mm, "patch": list(self.patch),
+                "stride": list(self.stride), "threshold": self.threshold,
+                "roi_margin_mm": self.roi_margin_mm, "weights": self.weights}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Stage1Plan:
+        return cls(network=NetworkConfig.from_json(d["network"]), spacing_mm=float(d["spacing_mm"]),
+                   patch=_triple(d["patch"]), stride=_triple(d["stride"]), threshold=float(d["threshold"]),
+                   roi_margin_mm=float(d["roi_margin_mm"]), weights=str(d["weights"]))
+
+
+@dataclass(frozen=True)
+class Stage2Plan:
+    """Fine per-vertebra localisation (3D DSNT) inside the ROI."""
+
+    network: NetworkConfig = field(default_factory=lambda: NetworkConfig(out_channels=len(ENGINE_LABELS),
+                                                                         base=8, levels=4,
+                                                                         convs_per_level=(1, 2, 2, 2),
+                                                                         head_level=1))
+    spacing_mm: float = 2.0
+    #: Crop (k, j, i) in voxels, and the overlap between neighbouring crops.
+    crop: tuple[int, int, int] = (96, 64, 64)
+    overlap: tuple[int, int, int] = (32, 16, 16)
+    labels: tuple[int, ...] = ENGINE_LABELS
+    presence_threshold: float = 0.5
+    #: Sigma of the Gaussian the JS term pulls heatmaps towards (mm).
+    sigma_mm: float = 4.0
+    weights: str = "stage2.pt"
+
+    def __post_init__(self) -> None:
+        if self.network.out_channels != len(self.labels):
+            raise ValueError(f"stage 2 network has {self.network.out_channels} outputs for "
+                             f"{len(self.labels)} labels")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"network": self.network.to_json(), "spacing_mm": self.spacing_mm, "crop": list(self.crop),
+                "overlap": list(self.overlap), "labels": list(self.labels),
+                "presence_threshold": self.presence_threshold, "sigma_mm": self.sigma_mm,
+                "weights": self.weights}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Stage2Plan:
+        return cls(network=NetworkConfig.from_json(d["network"]), spacing_mm=float(d["spacing_mm"]),
+                   crop=_triple(d["crop"]), overlap=_triple(d["overlap"]),
+                   labels=tuple(int(v) for v in d["labels"]),
+                   presence_threshold=float(d["presence_threshold"]), sigma_mm=float(d["sigma_mm"]),
+                   weights=str(d["weights"]))
+
+
+@dataclass(frozen=True)
+class EnginePlan:
+    version: str = "dev"
+    stage1: Stage1Plan = field(default_factory=Stage1Plan)
+    stage2: Stage2Plan = field(default_factory=Stage2Plan)
+    confidence: ConfidenceCalibration = field(default_factory=ConfidenceCalibration)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"version": self.version, "stage1": self.stage1.to_json(), "stage2": self.stage2.to_json(),
+                "confidence": self.confidence.to_json()}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> EnginePlan:
+        return cls(version=str(d["version"]), stage1=Stage1Plan.from_json(d["stage1"]),
+                   stage2=Stage2Plan.from_json(d["stage2"]),
+                   confidence=ConfidenceCalibration.from_json(d.get("confidence", {"a": 1, "b": 0, "c": 0})))
+
+    def save(self, directory: Path) -> Path:
+        path = Path(directory) / PLAN_FILE
+        path.write_text(json.dumps(self.to_json(), indent=2) + "\n", encoding="utf-8")
+        return path
+
+    @classmethod
+    def load(cls, directory: Path) -> EnginePlan:
+        path = Path(directory) / PLAN_FILE
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise FileNotFoundError(f"no engine plan {path}") from None
+        return cls.from_json(data)
+
+    def with_version(self, version: str) -> EnginePlan:
+        return replace(self, version=version)
+
+
+def _triple(v: Any) -> tuple[int, int, int]:
+    a, b, c = (int(x) for x in v)
+    return (a, b, c)

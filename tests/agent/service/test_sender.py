@@ -1,0 +1,105 @@
+"""The C-STORE SCU against an in-process pynetdicom SCP on a free port (no external binaries)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydicom.uid import CTImageStorage, ImplicitVRLittleEndian
+from pynetdicom import AE, evt
+
+from agent.service.sender import StoreResult, backoff_delay, send_files
+from dicom_io.seg import build_seg
+from tests.conftest import free_port
+from tests.dicom_io.ct_series import CTSeries, binary_result
+
+
+class RecordingSCP:
+    """Accepts CT only (uncompressed); answers ``refuse_status`` for the instances in ``refuse``."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.received: list[str] = []
+        self.transfer_syntaxes: list[str] = []
+        self.refuse: set[str] = set()
+        self.refuse_status = 0xA700
+        ae = AE(ae_title="TESTSCP")
+        ae.add_supported_context(CTImageStorage, [ImplicitVRLittleEndian])
+        server = ae.start_server(
+            ("127.0.0.1", self.port), block=False, evt_handlers=[(evt.EVT_C_STORE, self._on_store)]
+        )
+        assert server is not None  # non-blocking start returns the server
+        self.server = server
+
+    def _on_store(self, event: Any) -> int:
+        uid = str(event.request.AffectedSOPInstanceUID)
+        if uid in self.refuse:
+            return self.refuse_status
+        self.received.append(uid)
+        self.transfer_syntaxes.append(str(event.context.transfer_syntax))
+        return 0x0000
+
+
+@pytest.fixture
+def scp() -> Iterator[RecordingSCP]:
+    server = RecordingSCP()
+    yield server
+    server.server.shutdown()
+
+
+def test_backoff_doubles_and_is_capped() -> None:
+    assert [backoff_delay(n, 10, 100) for n in (0, 1, 2, 3, 4, 5)] == [0, 10, 20, 40, 80, 100]
+    assert backoff_delay(10_000, 10, 600) == 600
+
+
+def test_uncompressed_files_are_reencoded_to_the_accepted_syntax(
+    scp: RecordingSCP, ct_series: CTSeries
+) -> None:
+    outcome = send_files("TESTSCP", "127.0.0.1", scp.port, ct_series.files[:3], calling_ae="SPINEAGENT")
+    assert outcome.all_succeeded, outcome.summary()
+    assert scp.received == [str(ds.SOPInstanceUID) for ds in ct_series.datasets[:3]]
+    assert set(scp.transfer_syntaxes) == {ImplicitVRLittleEndian}  # files are Explicit VR LE
+
+
+def test_per_file_statuses_and_refused_sop_class(
+    scp: RecordingSCP, ct_series: CTSeries, tmp_path: Path
+) -> None:
+    seg_path = tmp_path / "seg.dcm"
+    build_seg(
+        ct_series.volume,
+        ct_series.datasets,
+        binary_result(ct_series.volume),
+        series_number=9,
+        algorithm_version="v",
+    ).save_as(seg_path)
+    refused = str(ct_series.datasets[1].SOPInstanceUID)
+    scp.refuse = {refused}
+    files = [*ct_series.files[:3], seg_path, tmp_path / "missing.dcm"]
+
+    outcome = send_files("TESTSCP", "127.0.0.1", scp.port, files, calling_ae="SPINEAGENT")
+
+    by_path = {r.path: r for r in outcome.results}
+    assert by_path[ct_series.files[0]].status == 0x0000 and by_path[ct_series.files[0]].stored
+    assert by_path[ct_series.files[1]].status == 0xA700 and not by_path[ct_series.files[1]].permanent_failure
+    assert by_path[seg_path].status == 0x0122 and by_path[seg_path].permanent_failure  # SEG not accepted
+    assert by_path[tmp_path / "missing.dcm"].status is None
+    assert refused not in outcome.stored_instances and len(outcome.stored_instances) == 2
+    assert not outcome.all_succeeded
+    assert "0xA700" in outcome.summary() and "2/5 stored" in outcome.summary()
+
+
+@pytest.mark.parametrize(
+    ("status", "permanent"),
+    [(0xA700, False), (0xA900, True), (0xC211, True), (0x0122, True), (0xB000, False)],
+)
+def test_permanent_failures_are_those_waiting_cannot_cure(status: int, permanent: bool) -> None:
+    assert StoreResult(Path("x.dcm"), "1.2", status).permanent_failure is permanent
+
+
+def test_nothing_to_send_needs_no_association(ct_series: CTSeries) -> None:
+    skip = {str(ds.SOPInstanceUID) for ds in ct_series.datasets[:2]}
+    # Port 9 (discard) is never contacted: every file is skipped.
+    outcome = send_files("X", "127.0.0.1", 9, ct_series.files[:2], calling_ae="A", skip_instances=skip)
+    assert outcome.results == () and outcome.all_succeeded
