@@ -21,7 +21,7 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
-from dicom_io.result import VERTEBRA_NAMES
+from dicom_io.labels import L6_LABEL, SACRUM_LABEL, T13_LABEL, VERTEBRA_NAMES
 
 __all__ = [
     "ALGORITHM_FAMILY",
@@ -70,43 +70,19 @@ PERCENT: Code = codes.UCUM.Percent
 _L6 = Code("L6", PRIVATE_SCHEME_DESIGNATOR, "Sixth lumbar vertebra")
 _T13 = Code("T13", PRIVATE_SCHEME_DESIGNATOR, "Thirteenth thoracic vertebra")
 
+#: SNOMED CT concepts of the labels that have one: C1-C7, T1-T12, L1-L5 as "<name> vertebra" (e.g.
+#: ``codes.SCT.C1Vertebra``), and the sacrum, which SNOMED CT codes as a whole (VerSe calls it S1).
 _STANDARD: dict[int, Code] = {
-    # VerSe labels 1-7: C1-C7
-    1: codes.SCT.C1Vertebra,
-    2: codes.SCT.C2Vertebra,
-    3: codes.SCT.C3Vertebra,
-    4: codes.SCT.C4Vertebra,
-    5: codes.SCT.C5Vertebra,
-    6: codes.SCT.C6Vertebra,
-    7: codes.SCT.C7Vertebra,
-    # 8-19: T1-T12
-    8: codes.SCT.T1Vertebra,
-    9: codes.SCT.T2Vertebra,
-    10: codes.SCT.T3Vertebra,
-    11: codes.SCT.T4Vertebra,
-    12: codes.SCT.T5Vertebra,
-    13: codes.SCT.T6Vertebra,
-    14: codes.SCT.T7Vertebra,
-    15: codes.SCT.T8Vertebra,
-    16: codes.SCT.T9Vertebra,
-    17: codes.SCT.T10Vertebra,
-    18: codes.SCT.T11Vertebra,
-    19: codes.SCT.T12Vertebra,
-    # 20-24: L1-L5
-    20: codes.SCT.L1Vertebra,
-    21: codes.SCT.L2Vertebra,
-    22: codes.SCT.L3Vertebra,
-    23: codes.SCT.L4Vertebra,
-    24: codes.SCT.L5Vertebra,
-    # 26: sacrum (VerSe calls it S1; SNOMED CT codes the sacrum as a whole)
-    26: codes.SCT.Sacrum,
+    **{
+        label: getattr(codes.SCT, f"{name}Vertebra")
+        for label, name in VERTEBRA_NAMES.items()
+        if label not in (L6_LABEL, T13_LABEL, SACRUM_LABEL)
+    },
+    SACRUM_LABEL: codes.SCT.Sacrum,
 }
 
-#: SNOMED CT (or private, for L6 and T13) code of every VerSe vertebra label.
-VERTEBRA_CODES: Mapping[int, Code] = MappingProxyType({**_STANDARD, 25: _L6, 28: _T13})
-
-if set(VERTEBRA_CODES) != set(VERTEBRA_NAMES):  # pragma: no cover - guards the two tables drifting apart
-    raise ImportError("dicom_io.codes.VERTEBRA_CODES does not cover dicom_io.result.VERTEBRA_NAMES")
+#: SNOMED CT (or private, for L6 and T13) code of every VerSe vertebra label (dicom_io.labels).
+VERTEBRA_CODES: Mapping[int, Code] = MappingProxyType({**_STANDARD, L6_LABEL: _L6, T13_LABEL: _T13})
 
 
 def vertebra_code(label: int) -> Code:

@@ -11,10 +11,9 @@ import numpy as np
 import numpy.typing as npt
 from pydicom.dataset import Dataset
 
-from dicom_io.result import VERTEBRA_NAMES, Landmark
+from dicom_io.labels import LABEL_BY_NAME
+from dicom_io.result import Landmark
 from dicom_io.volume import Volume
-
-_LABEL_BY_NAME = {name: label for label, name in VERTEBRA_NAMES.items()}
 
 
 def landmarks_from_sr(dataset: Dataset) -> list[Landmark]:
@@ -27,7 +26,7 @@ def landmarks_from_sr(dataset: Dataset) -> list[Landmark]:
     for group in report.get_planar_roi_measurement_groups():
         roi = group.roi
         name = str(group.tracking_identifier)
-        if not isinstance(roi, hd.sr.ImageRegion3D) or name not in _LABEL_BY_NAME:
+        if not isinstance(roi, hd.sr.ImageRegion3D) or name not in LABEL_BY_NAME:
             continue
         point = np.asarray(roi.value, dtype=np.float64).reshape(-1, 3)[0]
         confidence = 1.0
@@ -36,7 +35,7 @@ def landmarks_from_sr(dataset: Dataset) -> list[Landmark]:
                 confidence = float(measurement.value) / 100.0
         landmarks.append(
             Landmark(
-                label=_LABEL_BY_NAME[name],
+                label=LABEL_BY_NAME[name],
                 position_lps=(float(point[0]), float(point[1]), float(point[2])),
                 confidence=confidence,
             )

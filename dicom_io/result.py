@@ -1,4 +1,7 @@
-"""What the engine returns: labelled landmarks, the spine mask and timings (no torch here)."""
+"""What the engine returns: labelled landmarks, the spine mask and timings (no torch here).
+
+Labels are VerSe label numbers (:mod:`dicom_io.labels`).
+"""
 
 from __future__ import annotations
 
@@ -7,28 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-#: VerSe label numbers (anjany/verse): 1-7 C1-C7, 8-19 T1-T12, 20-25 L1-L6, 26 sacrum, 28 T13.
-VERTEBRA_NAMES: dict[int, str] = {
-    **{i: f"C{i}" for i in range(1, 8)},
-    **{7 + i: f"T{i}" for i in range(1, 13)},
-    **{19 + i: f"L{i}" for i in range(1, 7)},
-    26: "S1",
-    28: "T13",
-}
-
-#: Vertebra labels in cranio-caudal anatomical order (T13 sits between T12 and L1).
-ANATOMICAL_ORDER: tuple[int, ...] = (*range(1, 20), 28, *range(20, 26))
-
-#: The labels the engine localises: C1..L5 plus the L6 and T13 variants (sacrum excluded).
-ENGINE_LABELS: tuple[int, ...] = ANATOMICAL_ORDER
-
-
-def vertebra_name(label: int) -> str:
-    """The conventional name of a VerSe label ("L3"), or raise ValueError for an unknown label."""
-    try:
-        return VERTEBRA_NAMES[label]
-    except KeyError:
-        raise ValueError(f"unknown VerSe vertebra label {label}") from None
+from dicom_io.labels import vertebra_name
 
 
 @dataclass(frozen=True)

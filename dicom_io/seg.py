@@ -39,7 +39,8 @@ from dicom_io.codes import (
     uses_private_scheme,
     vertebra_code,
 )
-from dicom_io.result import ANATOMICAL_ORDER, Result, vertebra_name
+from dicom_io.labels import CRANIO_CAUDAL, vertebra_name
+from dicom_io.result import Result
 from dicom_io.volume import SourceReference, Volume
 
 __all__ = ["SegBuildError", "build_seg", "segment_colour", "vertebra_labels_in_mask"]
@@ -79,10 +80,10 @@ def vertebra_labels_in_mask(mask: npt.NDArray[np.uint8]) -> list[int]:
     present = {int(v) for v in np.unique(mask) if v != 0}
     if not present or max(present) <= 1:
         return []
-    unknown = sorted(present - set(ANATOMICAL_ORDER) - {26})
+    unknown = sorted(present - set(CRANIO_CAUDAL))
     if unknown:
         raise SegBuildError(f"mask holds values that are no VerSe vertebra label: {unknown}")
-    order = [*ANATOMICAL_ORDER, 26]
+    order = list(CRANIO_CAUDAL)
     return sorted(present, key=order.index)
 
 

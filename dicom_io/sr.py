@@ -49,7 +49,8 @@ from dicom_io.codes import (
     uses_private_scheme,
     vertebra_code,
 )
-from dicom_io.result import ANATOMICAL_ORDER, Landmark, Result
+from dicom_io.labels import CRANIO_CAUDAL
+from dicom_io.result import Landmark, Result
 
 __all__ = ["SrBuildError", "build_sr", "default_device_observer_uid", "segment_tracking_uids"]
 
@@ -57,8 +58,6 @@ logger = logging.getLogger(__name__)
 
 #: Procedure Reported (CID 100).
 PROCEDURE_REPORTED = codes.LN.CTUnspecifiedBodyRegion
-
-_CRANIO_CAUDAL = [*ANATOMICAL_ORDER, 26]
 
 
 class SrBuildError(ValueError):
@@ -211,7 +210,7 @@ def _checked_landmarks(landmarks: Sequence[Landmark]) -> list[Landmark]:
             raise SrBuildError(
                 f"landmark {landmark.name} has confidence {landmark.confidence} outside [0, 1]"
             )
-    return sorted(landmarks, key=lambda lm: _CRANIO_CAUDAL.index(lm.label))
+    return sorted(landmarks, key=lambda lm: CRANIO_CAUDAL.index(lm.label))
 
 
 def _landmark_group(

@@ -25,8 +25,9 @@ from agent.service.pipeline import Predictor
 from agent.service.sender import send_files
 from agent.service.service import AgentService
 from config import Destination, Settings
+from dicom_io.labels import ANATOMICAL_ORDER, ENGINE_LABELS, vertebra_name
 from dicom_io.readback import landmarks_from_sr, mask_from_seg
-from dicom_io.result import ANATOMICAL_ORDER, ENGINE_LABELS, Landmark, vertebra_name
+from dicom_io.result import Landmark
 from dicom_io.series import load_series
 from dicom_io.volume import Volume
 from inference.training.metrics import match_subject

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from dicom_io.result import Landmark, vertebra_name
+from dicom_io.labels import vertebra_name
+from dicom_io.result import Landmark
 from dicom_io.volume import Volume
 
 #: Half-thickness (mm) of the slab shown as a maximum-intensity projection, so a curved spine stays visible.

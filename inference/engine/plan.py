@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from dicom_io.result import ENGINE_LABELS
+from dicom_io.labels import ENGINE_LABELS
 from inference.engine.networks import NetworkConfig
 from inference.engine.postprocess import ConfidenceCalibration
 

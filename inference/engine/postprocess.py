@@ -23,7 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dicom_io.result import ANATOMICAL_ORDER, Landmark
+from dicom_io.labels import ANATOMICAL_ORDER
+from dicom_io.result import Landmark
 
 MIN_NEIGHBOUR_MM = 12.5
 MAX_NEIGHBOUR_MM = 50.0

@@ -12,10 +12,12 @@ apart in the neck, 20-28 mm in the thorax and 33-38 mm in the lumbar spine.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
 
+from dicom_io.labels import LABEL_BY_NAME, SACRUM_LABEL
 from inference.phantoms.shapes import (
     BodyShape,
     Capsule,
@@ -32,19 +34,74 @@ from inference.phantoms.shapes import (
     polyline_capsules,
     rotation_z,
 )
-from inference.phantoms.spec import STREAM_ANATOMY, PhantomSpec, stream
+from inference.phantoms.streams import STREAM_ANATOMY, stream
 
 F64 = npt.NDArray[np.float64]
 
-#: VerSe label of each level name (anjany/verse: 1-7 C1-C7, 8-19 T1-T12, 20-25 L1-L6, 26 sacrum, 28 T13).
-LABEL_OF: dict[str, int] = {
-    **{f"C{i}": i for i in range(1, 8)},
-    **{f"T{i}": 7 + i for i in range(1, 13)},
-    "T13": 28,
-    **{f"L{i}": 19 + i for i in range(1, 7)},
-    **{f"S{i}": 26 for i in range(1, 6)},
-}
-SACRUM_LABEL = 26
+
+class AnatomySpec(Protocol):
+    """What the anatomy reads from a phantom recipe; :class:`inference.phantoms.spec.PhantomSpec` is one.
+
+    A protocol rather than an import: ``PhantomSpec.random`` places the field of view with
+    :func:`level_positions`, so this module must not import the spec module back.
+    """
+
+    @property
+    def seed(self) -> int: ...
+
+    @property
+    def variant(self) -> str: ...
+
+    @property
+    def body_scale(self) -> float: ...
+
+    @property
+    def adiposity(self) -> float: ...
+
+    @property
+    def vertebra_scale(self) -> float: ...
+
+    @property
+    def cervical_lordosis(self) -> float: ...
+
+    @property
+    def thoracic_kyphosis(self) -> float: ...
+
+    @property
+    def lumbar_lordosis(self) -> float: ...
+
+    @property
+    def sacral_slope(self) -> float: ...
+
+    @property
+    def pelvic_tilt(self) -> float: ...
+
+    @property
+    def scoliosis(self) -> tuple[tuple[float, float, float], ...]: ...
+
+    @property
+    def body_roll(self) -> float: ...
+
+    @property
+    def arms_up(self) -> bool: ...
+
+    @property
+    def cancellous_hu(self) -> float: ...
+
+    @property
+    def cortical_hu(self) -> float: ...
+
+    @property
+    def degeneration(self) -> float: ...
+
+    @property
+    def fractures(self) -> tuple[int, ...]: ...
+
+    @property
+    def implant_levels(self) -> tuple[int, ...]: ...
+
+#: VerSe label of each level name (dicom_io.labels); every sacral segment S1-S5 carries the sacrum's label.
+LABEL_OF: dict[str, int] = {**LABEL_BY_NAME, **{f"S{i}": SACRUM_LABEL for i in range(1, 6)}}
 
 
 @dataclass(frozen=True)
@@ -219,7 +276,7 @@ class SpineLayout:
         return q
 
 
-def _level_dims(spec: PhantomSpec, names: list[str], rng: np.random.Generator) -> list[LevelDims]:
+def _level_dims(spec: AnatomySpec, names: list[str], rng: np.random.Generator) -> list[LevelDims]:
     """Nominal sizes scaled for this patient, with small per-level jitter, degeneration and fractures."""
     out = []
     narrow_rng = rng.uniform(size=len(names))
@@ -256,7 +313,7 @@ def _level_dims(spec: PhantomSpec, names: list[str], rng: np.random.Generator) -
     return out
 
 
-def _angle_profile(spec: PhantomSpec, names: list[str], s_centres: F64) -> tuple[F64, F64]:
+def _angle_profile(spec: AnatomySpec, names: list[str], s_centres: F64) -> tuple[F64, F64]:
     """Sagittal tangent angle (deg, + = descending posteriorly) at landmark arc lengths."""
     idx = {n: i for i, n in enumerate(names)}
     last_lumbar = "L6" if "L6" in idx else "L5"
@@ -283,7 +340,7 @@ def _angle_profile(spec: PhantomSpec, names: list[str], s_centres: F64) -> tuple
     return s_pts, a_pts
 
 
-def _trunk_table(spec: PhantomSpec, layout_levels: list[Level], curve: F64) -> F64:
+def _trunk_table(spec: AnatomySpec, layout_levels: list[Level], curve: F64) -> F64:
     """Skin contour rows (z, cx, cy, a, b) along the body, before the roll.
 
     Half-widths: head ~75 mm, neck ~55, shoulders ~180, chest ~150, waist ~145, hips ~175 (adult means),
@@ -328,7 +385,7 @@ def _trunk_table(spec: PhantomSpec, layout_levels: list[Level], curve: F64) -> F
     return tab[np.argsort(tab[:, 0])]
 
 
-def level_positions(spec: PhantomSpec) -> SpineLayout:
+def level_positions(spec: AnatomySpec) -> SpineLayout:
     """Place every level: integrate the curvature profile, add scoliosis, roll the body. Cheap (no voxels)."""
     rng = stream(spec.seed, STREAM_ANATOMY + 100)
     names = level_names(spec.variant)
@@ -453,7 +510,7 @@ def _segment_box(
     return _rbox(lv, (pa + pb) / 2, local_rot, half, min(half_thick, half_height) * 0.9)
 
 
-def _body(lv: Level, spec: PhantomSpec, rng: np.random.Generator, fracture: bool) -> VertebralBody:
+def _body(lv: Level, spec: AnatomySpec, rng: np.random.Generator, fracture: bool) -> VertebralBody:
     d = lv.dims
     cav = 0.06 * d.height + 0.3
     wedge = 0.0
@@ -645,7 +702,7 @@ def _axis(lv: Level, c1: Level, rng: np.random.Generator) -> list[Primitive]:
     return prims
 
 
-def _sacrum(spec: PhantomSpec, layout: SpineLayout, rng: np.random.Generator) -> list[Primitive]:
+def _sacrum(spec: AnatomySpec, layout: SpineLayout, rng: np.random.Generator) -> list[Primitive]:
     """Fused sacral segments, alae, dorsal plate with the median crest, and superior articular processes."""
     sac = [lv for lv in layout.levels if lv.name.startswith("S")]
     prims: list[Primitive] = []
@@ -707,7 +764,7 @@ def _coccyx(layout: SpineLayout) -> list[Primitive]:
     return polyline_capsules(pts, [5.5, 4.5, 3.5, 2.5])
 
 
-def _ilium_and_hips(spec: PhantomSpec, layout: SpineLayout, rng: np.random.Generator) -> list[Structure]:
+def _ilium_and_hips(spec: AnatomySpec, layout: SpineLayout, rng: np.random.Generator) -> list[Structure]:
     """Iliac wings (curved plates with a thick crest), acetabula, femoral heads and necks, pubis, ischium."""
     sac = [lv for lv in layout.levels if lv.name.startswith("S")]
     s1 = sac[0]
@@ -798,7 +855,7 @@ def _ilium_and_hips(spec: PhantomSpec, layout: SpineLayout, rng: np.random.Gener
     return out
 
 
-def _ribs(spec: PhantomSpec, layout: SpineLayout, rng: np.random.Generator) -> tuple[list[Structure], F64]:
+def _ribs(spec: AnatomySpec, layout: SpineLayout, rng: np.random.Generator) -> tuple[list[Structure], F64]:
     """Ribs articulating with the thoracic bodies and transverse processes, costal cartilages, sternum.
 
     Returns the rib structures and the thorax table (rows z, cx, cy, a, b of the inner rib cage).
@@ -933,7 +990,7 @@ def _ribs(spec: PhantomSpec, layout: SpineLayout, rng: np.random.Generator) -> t
     return structures, np.array(thorax_rows)
 
 
-def _scapulae_and_arms(spec: PhantomSpec, layout: SpineLayout, thorax: F64) -> list[Structure]:
+def _scapulae_and_arms(spec: AnatomySpec, layout: SpineLayout, thorax: F64) -> list[Structure]:
     """Scapulae on the posterior chest wall; with arms down, humeri beside the trunk."""
     out: list[Structure] = []
     t2c = layout.unroll_point(layout.level("T2").centre)
@@ -969,7 +1026,7 @@ def _scapulae_and_arms(spec: PhantomSpec, layout: SpineLayout, thorax: F64) -> l
     return out
 
 
-def _skull(spec: PhantomSpec, layout: SpineLayout, rng: np.random.Generator) -> list[Structure]:
+def _skull(spec: AnatomySpec, layout: SpineLayout, rng: np.random.Generator) -> list[Structure]:
     """Skull base above the atlas: condyles, foramen magnum, clivus, petrous ridges, vault, mandible."""
     c1, c2 = layout.level("C1"), layout.level("C2")
     rot = c1.rot
@@ -1025,7 +1082,7 @@ def _skull(spec: PhantomSpec, layout: SpineLayout, rng: np.random.Generator) -> 
     return out
 
 
-def _implants(spec: PhantomSpec, layout: SpineLayout) -> tuple[list[Structure], list[F64]]:
+def _implants(spec: AnatomySpec, layout: SpineLayout) -> tuple[list[Structure], list[F64]]:
     """Pedicle screws along the pedicle axes, and rods joining the screw heads when >= 2 levels."""
     screws: list[Primitive] = []
     heads: dict[float, list[F64]] = {-1.0: [], 1.0: []}
@@ -1072,7 +1129,7 @@ class Skeleton:
     dense_points: list[F64]  # bone centres that cause beam-hardening streaks
 
 
-def build_skeleton(spec: PhantomSpec, layout: SpineLayout) -> Skeleton:
+def build_skeleton(spec: AnatomySpec, layout: SpineLayout) -> Skeleton:
     rng = stream(spec.seed, STREAM_ANATOMY + 300)
     cancellous = spec.cancellous_hu
     cortex = spec.cortical_hu
@@ -1162,7 +1219,7 @@ def build_skeleton(spec: PhantomSpec, layout: SpineLayout) -> Skeleton:
     return Skeleton(layout, vertebrae, discs, others, canal, thorax, metal, dense)
 
 
-def _disc(spec: PhantomSpec, upper: Level, lower: Level, rng: np.random.Generator) -> Structure:
+def _disc(spec: AnatomySpec, upper: Level, lower: Level, rng: np.random.Generator) -> Structure:
     """Intervertebral disc filling the space (and the endplate concavities) between two bodies."""
     mid = 0.5 * (upper.centre + lower.centre)
     ez = upper.centre - lower.centre

@@ -21,7 +21,8 @@ from dicom_io.volume import Volume
 from inference.phantoms.anatomy import Skeleton, Structure, build_skeleton, level_positions
 from inference.phantoms.artefacts import add_noise, add_streaks
 from inference.phantoms.shapes import Grid, Primitive, bounds_of, union_sdf
-from inference.phantoms.spec import STREAM_DETAIL, STREAM_NOISE, PhantomSpec, stream
+from inference.phantoms.spec import PhantomSpec
+from inference.phantoms.streams import STREAM_DETAIL, STREAM_NOISE, stream
 from inference.phantoms.tissue import build_tissues, paint_tissue
 
 logger = logging.getLogger(__name__)
@@ -54,7 +55,7 @@ class Phantom:
 
     @property
     def names(self) -> dict[int, str]:
-        from dicom_io.result import vertebra_name
+        from dicom_io.labels import vertebra_name
 
         return {label: vertebra_name(label) for label in self.centroids}
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from dicom_io.result import vertebra_name
+from dicom_io.labels import vertebra_name
 from inference.phantoms.generate import Phantom, generate_phantom
 
 logger = logging.getLogger(__name__)

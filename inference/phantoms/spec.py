@@ -14,6 +14,9 @@ from typing import Any
 
 import numpy as np
 
+from inference.phantoms.anatomy import level_index, level_positions
+from inference.phantoms.streams import STREAM_ACQUISITION, STREAM_ANATOMY, STREAM_FOV, stream
+
 #: Fields of view, named like the studies they imitate. Real scans are rarely whole-spine (anchors.md).
 FOV_NAMES: tuple[str, ...] = (
     "whole",
@@ -36,19 +39,6 @@ FOV_WEIGHTS: dict[str, float] = {
 }
 VARIANTS: tuple[str, ...] = ("none", "L6", "T13", "11_ribs", "lumbarised_S1", "sacralised_L5")
 CONTRASTS: tuple[str, ...] = ("none", "arterial", "venous", "oral", "venous_oral")
-
-#: Independent random streams, so one choice never shifts the draws of another.
-STREAM_ANATOMY = 1
-STREAM_ACQUISITION = 2
-STREAM_FOV = 3
-STREAM_DETAIL = 4
-STREAM_NOISE = 5
-
-
-def stream(seed: int, which: int) -> np.random.Generator:
-    """The random generator of one independent stream of a seed."""
-    return np.random.default_rng([int(seed) & 0xFFFFFFFF, which, 7919])
-
 
 def normalise_fov(fov: str) -> str:
     name = fov.strip().lower().replace("-", "_")
@@ -131,8 +121,6 @@ class PhantomSpec:
         physical field of view (only the sampling changes). ``overrides`` set any other field (for example
         ``variant="L6"``); anatomy overrides are applied before the field of view is placed.
         """
-        from inference.phantoms.anatomy import level_positions  # local: anatomy imports this module
-
         fov_name = normalise_fov(fov)
         rng_a = stream(seed, STREAM_ANATOMY)
         rng_q = stream(seed, STREAM_ACQUISITION)
@@ -343,8 +331,6 @@ _FOV_RANGES: dict[str, tuple[tuple[str, float, float], tuple[str, float, float]]
 def _draw_fov(
     rng: np.random.Generator, fov: str, variant: str
 ) -> tuple[float, float, float, tuple[float, float]]:
-    from inference.phantoms.anatomy import level_index  # local: anatomy imports this module
-
     (top_name, t0, t1), (bot_name, b0, b1) = _FOV_RANGES[fov]
     top = level_index(top_name, variant) + float(rng.uniform(t0, t1))
     bottom = level_index(bot_name, variant) + float(rng.uniform(b0, b1))

@@ -168,7 +168,7 @@ def score_prediction_files(data: Path, predictions: Path) -> EvaluationReport:
     """
     import nibabel as nib
 
-    from dicom_io.result import ENGINE_LABELS
+    from dicom_io.labels import ENGINE_LABELS
     from inference.training.verse import read_centroids, read_verse
 
     report = EvaluationReport(model_version=f"predictions in {predictions}", data=str(data))

@@ -9,7 +9,7 @@ from dicom_io.codes import (
     uses_private_scheme,
     vertebra_code,
 )
-from dicom_io.result import VERTEBRA_NAMES
+from dicom_io.labels import VERTEBRA_NAMES
 
 # docs/anchors.md, "Codes": SNOMED CT C1-C7, T1-T12, L1-L5, sacrum.
 ANCHOR_SCT = [

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from dicom_io.result import ENGINE_LABELS, Landmark, Result
+from dicom_io.labels import ENGINE_LABELS
+from dicom_io.result import Landmark, Result
 from dicom_io.volume import Volume
 from inference.engine.engine import (
     Engine,

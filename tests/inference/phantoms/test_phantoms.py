@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from dicom_io.result import ANATOMICAL_ORDER, vertebra_name
+from dicom_io.labels import ANATOMICAL_ORDER, vertebra_name
 from inference.phantoms import FOV_NAMES, Phantom, PhantomSpec, generate_phantom
 from inference.phantoms.anatomy import build_skeleton, level_positions
 
