@@ -1,16 +1,16 @@
 """Log output of the agent: text or JSON lines, and no patient data at INFO or above.
 
-The code base never logs datasets or patient attributes; series are named by :func:`series_hash` and jobs
-by their ledger id. :class:`PatientDataFilter` is the safety net behind that rule: at INFO and above it
-blanks the values of patient-identifying DICOM attributes, whether passed as ``extra=`` keys or found in
-the message text (``PatientName=...``, or the ``(0010,xxxx)`` lines of a printed pydicom dataset).
+The code base never logs datasets or patient attributes; series are named by
+:func:`dicom_io.uids.uid_digest` and jobs by their ledger id. :class:`PatientDataFilter` is the safety net
+behind that rule: at INFO and above it blanks the values of patient-identifying DICOM attributes, whether
+passed as ``extra=`` keys or found in the message text (``PatientName=...``, or the ``(0010,xxxx)`` lines
+of a printed pydicom dataset).
 
-Use ``extra={"job_id": 12, "series": series_hash(uid)}`` to attach context; both formats show it.
+Use ``extra={"job_id": 12, "series": uid_digest(uid)}`` to attach context; both formats show it.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import re
@@ -22,10 +22,6 @@ from config.settings import LoggingSettings
 
 #: What redacted values are replaced with.
 REDACTED = "[redacted]"
-
-#: Characters of the SHA-256 hex digest kept by :func:`series_hash` (48 bits: collisions are unlikely
-#: among the series one agent sees, and the hash cannot be turned back into the UID).
-SERIES_HASH_LENGTH = 12
 
 # DICOM keywords that identify a patient (group 0010 and the accession number), from the PS3.15 Annex E
 # basic de-identification profile.
@@ -81,11 +77,6 @@ _RECORD_ATTRIBUTES = frozenset(vars(logging.LogRecord("x", logging.INFO, "x", 0,
 
 #: Extra fields shown first (and in this order) by both formats.
 CONTEXT_FIELDS: tuple[str, ...] = ("job_id", "series", "delivery_id", "destination")
-
-
-def series_hash(uid: str) -> str:
-    """A short, stable, non-reversible name for a Series (or Study) Instance UID, for log lines."""
-    return hashlib.sha256(uid.strip().encode("ascii", "replace")).hexdigest()[:SERIES_HASH_LENGTH]
 
 
 def _normalise_key(key: str) -> str:

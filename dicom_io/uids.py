@@ -16,6 +16,9 @@ from dicom_io.errors import InvalidUID
 UID_PATTERN = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 #: PS3.5 9.1: "shall not exceed 64 total characters".
 MAX_UID_LENGTH = 64
+#: Characters of the SHA-256 hex digest kept by :func:`uid_digest` (48 bits: collisions are unlikely among
+#: the series one agent sees, and the digest cannot be turned back into the UID).
+UID_DIGEST_LENGTH = 12
 
 
 def is_valid_uid(value: object) -> bool:
@@ -48,5 +51,6 @@ def uid_digest(uid: str) -> str:
 
     The same UID always gives the same 12 hex digits, so log lines of one series can be correlated and
     matched against the ledger (``sha256(uid)[:12]``) without the UID itself appearing in the log.
+    Surrounding spaces (DICOM pads odd-length values) do not change the digest.
     """
-    return hashlib.sha256(uid.encode("ascii", "replace")).hexdigest()[:12]
+    return hashlib.sha256(uid.strip().encode("ascii", "replace")).hexdigest()[:UID_DIGEST_LENGTH]

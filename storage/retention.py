@@ -108,9 +108,19 @@ def _needs_folder(version: Series) -> bool:
 class RetentionSweeper:
     """Removes finished jobs' spool files; ``sweep()`` is what the service schedules every ``interval_s``."""
 
-    def __init__(self, settings: Settings, ledger: Ledger, *, disk_probe: DiskProbe | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        ledger: Ledger,
+        spool: Spool,
+        *,
+        disk_probe: DiskProbe | None = None,
+        on_sweep: Callable[[RetentionReport], None] | None = None,
+    ) -> None:
+        """``on_sweep`` is called with every sweep's report (the agent counts purges in its metrics)."""
         self.ledger = ledger
-        self.spool = Spool(settings.storage.spool_dir)
+        self.spool = spool
+        self.on_sweep = on_sweep
         self.max_age = timedelta(hours=settings.retention.max_age_h)
         self.high_watermark_percent = settings.retention.high_watermark_percent
         self.disk_probe: DiskProbe = disk_probe or disk_used_percent
@@ -137,17 +147,9 @@ class RetentionSweeper:
                 disk = self._disk_percent()
         report.disk_percent_after = disk
         self._log(report)
-        self._count(report)
+        if self.on_sweep is not None:
+            self.on_sweep(report)
         return report
-
-    @staticmethod
-    def _count(report: RetentionReport) -> None:
-        # Imported here: the counters live in the agent's one registry; storage stays importable alone.
-        from agent.web import metrics
-
-        metrics.RETENTION_PURGED_JOBS.labels(reason="age").inc(len(report.purged_by_age))
-        metrics.RETENTION_PURGED_JOBS.labels(reason="watermark").inc(len(report.purged_by_watermark))
-        metrics.RETENTION_FREED_BYTES.inc(report.freed_bytes)
 
     def _disk_percent(self) -> float:
         return self.disk_probe(self.spool.root)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import sys
@@ -16,9 +15,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from agent.cli.commands import demo, evaluate, phantom, predict, serve, train
+from agent.cli.state import STATE, settings
 from agent.errors import UserError
 from agent.web.views import age, delivery_as_dict, job_as_dict
-from config import ConfigError, Settings, example_toml, load_settings, parse_toml, settings_from_mapping
+from config import ConfigError, Settings, example_toml, parse_toml, settings_from_mapping
 from storage import IllegalTransition, JobState, Ledger, LedgerError
 
 console = Console()
@@ -40,19 +41,6 @@ app.add_typer(db_app, name="db")
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(deliveries_app, name="deliveries")
 
-#: Modules under ``agent.cli.commands`` that add commands (each has ``register(app)``).
-COMMAND_MODULES: tuple[str, ...] = ("serve", "demo", "train", "evaluate", "predict", "phantom")
-
-
-class CliState:
-    """Options shared by every command."""
-
-    config_path: Path | None = None
-
-
-STATE = CliState()
-
-
 @app.callback()
 def _root(
     config: Annotated[
@@ -66,11 +54,6 @@ def _root(
     ] = None,
 ) -> None:
     STATE.config_path = config
-
-
-def settings() -> Settings:
-    """The settings for this invocation (raises ConfigError with a one-line message)."""
-    return load_settings(STATE.config_path)
 
 
 def open_ledger(cfg: Settings) -> Ledger:
@@ -299,13 +282,9 @@ def echo(
     console.print(f"C-ECHO {called_ae}@{host}:{port}: Success (0x{status:04X})")
 
 
-def _register_commands() -> None:
-    for name in COMMAND_MODULES:
-        module = importlib.import_module(f"agent.cli.commands.{name}")
-        module.register(app)
-
-
-_register_commands()
+# The commands that live in their own modules (each has ``register(app)``; none imports this module).
+for _commands in (serve, demo, train, evaluate, predict, phantom):
+    _commands.register(app)
 
 _EXPECTED_ERRORS: tuple[type[BaseException], ...] = (
     UserError,
@@ -348,7 +327,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    # Run through the imported module, so commands that import ``agent.cli`` share one CLI state.
-    from agent.cli.app import main as _imported_main
-
-    _imported_main()
+    main()

@@ -1,4 +1,4 @@
-"""One series in, results out: load the volume, run the engine, write SEG + SR + landmark JSON.
+"""One series in, results out: load the volume, run the engine, write SEG + SR + landmark JSON + manifest.
 
 Shared by the worker (ledger-driven) and the demo. No ledger and no networking here.
 """
@@ -15,6 +15,7 @@ from typing import Protocol
 
 from pydicom.dataset import Dataset
 
+from agent.service.manifest import write_manifest
 from dicom_io.result import Result
 from dicom_io.seg import build_seg
 from dicom_io.series import load_series
@@ -51,6 +52,8 @@ class PipelineOutput:
     landmarks_path: Path
     result: Result
     timings: dict[str, float] = field(default_factory=dict)
+    #: ``manifest.json``: what the sender sends (:attr:`dicom_files`, in that order).
+    manifest_path: Path | None = None
 
     @property
     def dicom_files(self) -> list[Path]:
@@ -144,5 +147,8 @@ def run_pipeline(
     atomic_write_bytes(sr_path, _dataset_bytes(sr))
     landmarks_path = out_dir / "landmarks.json"
     atomic_write_bytes(landmarks_path, landmarks_json(result, volume).encode())
+    output = PipelineOutput(seg_path, sr_path, landmarks_path, result, timings)
+    # Last: a folder with a manifest is complete.
+    output.manifest_path = write_manifest(out_dir, output.dicom_files)
     timings["write"] = time.perf_counter() - t0
-    return PipelineOutput(seg_path, sr_path, landmarks_path, result, timings)
+    return output

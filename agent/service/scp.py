@@ -151,7 +151,7 @@ def build_tls_context(settings: Settings) -> ssl.SSLContext | None:
 class StorageSCP:
     """The agent's Storage SCP; ``start()`` returns at once, ``stop()`` ends it.
 
-    ``spool`` defaults to ``Spool(settings.storage.spool_dir)``; ``clock`` gives the receive time that
+    ``spool`` is the agent's one spool (built once by the service); ``clock`` gives the receive time that
     goes into the ledger (tests pass a fixed clock).
     """
 
@@ -160,12 +160,12 @@ class StorageSCP:
         settings: Settings,
         ledger: Ledger,
         *,
-        spool: Spool | None = None,
+        spool: Spool,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.settings = settings
         self.ledger = ledger
-        self.spool = spool or Spool(settings.storage.spool_dir)
+        self.spool = spool
         self.clock = clock
         self._reserve_bytes = settings.storage.disk_reserve_mb * 1024 * 1024
         self._allowed_aes = frozenset(settings.dicom.allowed_calling_aes)

@@ -32,6 +32,7 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, evt
 from pynetdicom.pdu_primitives import A_ASSOCIATE
 
+from agent.service.manifest import ManifestError, read_manifest
 from agent.web import metrics
 from config.settings import Destination, Settings
 from storage import DeliveryState, Ledger
@@ -264,13 +265,14 @@ def backoff_delay(attempts: int, base_s: float, cap_s: float) -> float:
 DELIVERY_LEASE_S = 300.0
 
 
-def run_due_deliveries(ledger: Ledger, settings: Settings, now: datetime | None = None) -> list[Delivery]:
+def run_due_deliveries(
+    ledger: Ledger, settings: Settings, spool: Spool, now: datetime | None = None
+) -> list[Delivery]:
     """Attempt every delivery that is due; return the rows as recorded after their attempt.
 
     One delivery failing never stops the others; every attempt is in the ledger and the log.
     """
     now = now or utcnow()
-    spool = Spool(settings.storage.spool_dir)
     updated: list[Delivery] = []
     for delivery in ledger.due_deliveries(now):
         if not ledger.claim_delivery(delivery, DELIVERY_LEASE_S, now):
@@ -335,7 +337,10 @@ def deliver(ledger: Ledger, settings: Settings, spool: Spool, delivery: Delivery
         out_dir = spool.resolve(job.output_path)
     except ValueError as exc:
         return record(DeliveryState.FAILED, error=f"job {job.id}: bad output path: {exc}")
-    files = sorted(out_dir.glob("*.dcm"))
+    try:
+        files = read_manifest(out_dir)
+    except ManifestError as exc:
+        return record(DeliveryState.FAILED, error=f"job {job.id}: {exc}")
     if not files:
         return record(DeliveryState.FAILED, error=f"job {job.id}: no DICOM files in its output folder")
 

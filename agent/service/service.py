@@ -94,7 +94,7 @@ class AgentService:
         self.worker.start()
         self.scheduler = AgentScheduler(self.settings, self.ledger)
         self.scheduler.add_interval("deliveries", self._deliver, DELIVERY_TICK_S)
-        sweeper = RetentionSweeper(self.settings, self.ledger)
+        sweeper = RetentionSweeper(self.settings, self.ledger, self.spool, on_sweep=metrics.count_retention)
         self.scheduler.add_interval("retention", sweeper.sweep, self.settings.retention.interval_s)
         self.scheduler.start()
         if self.settings.http.port:
@@ -125,7 +125,7 @@ class AgentService:
         return CheckResult(alive, "running" if alive else "the job worker is not running")
 
     def _deliver(self) -> None:
-        run_due_deliveries(self.ledger, self.settings)
+        run_due_deliveries(self.ledger, self.settings, self.spool)
 
     def stop(self) -> ShutdownReport:
         """Stop taking associations, stop the ticks, finish or release the current job, close."""

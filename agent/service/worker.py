@@ -15,11 +15,11 @@ import socket
 import threading
 import time
 
-from agent.logging_setup import series_hash
 from agent.service.pipeline import NoVertebraFound, Predictor, run_pipeline
 from agent.web import metrics
 from config import Settings
 from dicom_io.errors import SeriesRejected
+from dicom_io.uids import uid_digest
 from storage import IllegalTransition, Job, JobState, Ledger
 from storage.spool import Spool
 
@@ -137,7 +137,7 @@ class JobWorker:
                 return
 
     def _process(self, job: Job) -> None:
-        extra = {"job_id": job.id, "series": series_hash(job.series.series_instance_uid)}
+        extra = {"job_id": job.id, "series": uid_digest(job.series.series_instance_uid)}
         log.info("job %d: started (attempt %d)", job.id, job.attempts, extra=extra)
         series_dir = self.spool.resolve(job.series.spool_path)
         out_dir = self.spool.output_dir(job.id)

@@ -13,6 +13,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from storage import JobState, Ledger
+from storage.retention import RetentionReport
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -98,3 +99,10 @@ def refresh_ledger_gauges(ledger: Ledger) -> None:
     QUEUE_DEPTH.set(job_counts[JobState.QUEUED])
     for delivery_state, count in ledger.delivery_counts().items():
         DELIVERIES.labels(state=delivery_state.value).set(count)
+
+
+def count_retention(report: RetentionReport) -> None:
+    """Count one retention sweep's purges (the sweeper's ``on_sweep`` callback)."""
+    RETENTION_PURGED_JOBS.labels(reason="age").inc(len(report.purged_by_age))
+    RETENTION_PURGED_JOBS.labels(reason="watermark").inc(len(report.purged_by_watermark))
+    RETENTION_FREED_BYTES.inc(report.freed_bytes)

@@ -12,8 +12,9 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from agent.logging_setup import REDACTED, configure_logging, redact_text, series_hash
+from agent.logging_setup import REDACTED, configure_logging, redact_text
 from config.settings import LoggingSettings
+from dicom_io.uids import uid_digest
 from storage import JobState, Ledger
 
 UID = "1.2.826.0.1.3680043.8.498.12345678901234567890"
@@ -40,17 +41,17 @@ def json_lines(stream: io.StringIO) -> list[dict[str, object]]:
     return [json.loads(line) for line in stream.getvalue().splitlines() if line]
 
 
-def test_series_hash_is_short_stable_and_not_the_uid() -> None:
-    digest = series_hash(UID)
-    assert digest == series_hash(UID + " ") and len(digest) == 12
+def test_uid_digest_is_short_stable_and_not_the_uid() -> None:
+    digest = uid_digest(UID)
+    assert digest == uid_digest(UID + " ") and len(digest) == 12
     assert all(c in "0123456789abcdef" for c in digest)
-    assert digest not in UID and series_hash(UID + "1") != digest
+    assert digest not in UID and uid_digest(UID + "1") != digest
 
 
 def test_json_lines_carry_context_fields(restore_root_logging: None) -> None:
     stream = capture("json")
     log = logging.getLogger("agent.service.worker")
-    log.info("job %d finished in %.1f s", 7, 3.25, extra={"job_id": 7, "series": series_hash(UID)})
+    log.info("job %d finished in %.1f s", 7, 3.25, extra={"job_id": 7, "series": uid_digest(UID)})
     log.debug("not shown at INFO")
     try:
         raise RuntimeError("engine ran out of memory")
@@ -60,7 +61,7 @@ def test_json_lines_carry_context_fields(restore_root_logging: None) -> None:
     assert set(first) == {"ts", "level", "logger", "message", "job_id", "series"}
     assert first["level"] == "INFO" and first["logger"] == "agent.service.worker"
     assert first["message"] == "job 7 finished in 3.2 s"
-    assert first["job_id"] == 7 and first["series"] == series_hash(UID)
+    assert first["job_id"] == 7 and first["series"] == uid_digest(UID)
     assert str(first["ts"]).endswith("+00:00")
     assert second["level"] == "ERROR" and second["job_id"] == 8
     assert "RuntimeError: engine ran out of memory" in str(second["exception"])
@@ -155,6 +156,7 @@ def test_a_retention_sweep_logs_parseable_lines_without_uids(
     restore_root_logging: None, ledger: Ledger, tmp_path: Path
 ) -> None:
     from storage.retention import RetentionSweeper
+    from storage.spool import Spool
     from tests.storage.scenario import finish, queue, receive, write_file
     from tests.storage.test_retention import NOW, OLD, make_settings
 
@@ -165,7 +167,8 @@ def test_a_retention_sweep_logs_parseable_lines_without_uids(
     finish(ledger, spool, job_id, JobState.FAILED, OLD)
     # An instance stored during the sweep: retention keeps it and warns (naming the job, not the series).
     write_file(spool / f"incoming/{UID}.1/{UID}.2/{UID}.4.dcm", NOW)
-    report = RetentionSweeper(make_settings(spool, ledger.url), ledger, disk_probe=lambda _p: 99.0).sweep(NOW)
+    settings_ = make_settings(spool, ledger.url)
+    report = RetentionSweeper(settings_, ledger, Spool(spool), disk_probe=lambda _p: 99.0).sweep(NOW)
     assert report.purged_jobs == [job_id]
     entries = json_lines(stream)
     assert [e["level"] for e in entries] == ["WARNING", "INFO", "WARNING"]

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.service.manifest import write_manifest
 from agent.service.sender import AssociationFailed, run_due_deliveries, send_files
 from config.settings import DeliverySettings, Destination, Settings, StorageSettings
 from dicom_io.seg import build_seg
@@ -32,6 +33,7 @@ def _write_results(ct: CTSeries, out_dir: Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     seg.save_as(out_dir / "seg.dcm", enforce_file_format=True)
     sr.save_as(out_dir / "sr.dcm", enforce_file_format=True)
+    write_manifest(out_dir, [out_dir / "seg.dcm", out_dir / "sr.dcm"])
     return [out_dir / "seg.dcm", out_dir / "sr.dcm"]
 
 
@@ -123,23 +125,23 @@ def test_delivery_backs_off_while_down_and_completes_when_up(ledger: Ledger, tmp
     port = free_port()
     settings = _settings(spool.root, port)
 
-    (first,) = run_due_deliveries(ledger, settings, now=t0)
+    (first,) = run_due_deliveries(ledger, settings, spool, now=t0)
     assert first.state == DeliveryState.PENDING and first.attempts == 1 and first.last_status is None
     assert "no association" in (first.last_error or "")
     assert first.next_attempt_at == t0 + timedelta(seconds=10)
-    assert run_due_deliveries(ledger, settings, now=t0 + timedelta(seconds=9)) == []  # not due yet
-    (second,) = run_due_deliveries(ledger, settings, now=t0 + timedelta(seconds=10))
+    assert run_due_deliveries(ledger, settings, spool, now=t0 + timedelta(seconds=9)) == []  # not due yet
+    (second,) = run_due_deliveries(ledger, settings, spool, now=t0 + timedelta(seconds=10))
     assert second.next_attempt_at == t0 + timedelta(seconds=30)  # 20 s back-off
-    (third,) = run_due_deliveries(ledger, settings, now=t0 + timedelta(seconds=30))
+    (third,) = run_due_deliveries(ledger, settings, spool, now=t0 + timedelta(seconds=30))
     assert third.next_attempt_at == t0 + timedelta(seconds=55)  # 40 s capped at 25 s
 
     server = start_orthanc(tmp_path / "orthanc", dicom_port=port)
     try:
-        (done,) = run_due_deliveries(ledger, settings, now=t0 + timedelta(seconds=55))
+        (done,) = run_due_deliveries(ledger, settings, spool, now=t0 + timedelta(seconds=55))
         assert done.state == DeliveryState.DELIVERED and done.attempts == 4 and done.last_status == 0
         assert len(done.sent_instances) == 2
         assert len(server.get("/instances")) == 2
-        assert run_due_deliveries(ledger, settings, now=t0 + timedelta(hours=1)) == []
+        assert run_due_deliveries(ledger, settings, spool, now=t0 + timedelta(hours=1)) == []
     finally:
         server.stop()
     assert ledger.get_job(job_id).deliveries[0].state == DeliveryState.DELIVERED
@@ -152,12 +154,12 @@ def test_delivery_gives_up_after_max_attempts(ledger: Ledger, tmp_path: Path) ->
     _job_with_outputs(ledger, spool, ct, t0)
     settings = _settings(spool.root, free_port(), max_attempts=2)
 
-    (first,) = run_due_deliveries(ledger, settings, now=t0)
+    (first,) = run_due_deliveries(ledger, settings, spool, now=t0)
     assert first.state == DeliveryState.PENDING
-    (last,) = run_due_deliveries(ledger, settings, now=t0 + timedelta(minutes=5))
+    (last,) = run_due_deliveries(ledger, settings, spool, now=t0 + timedelta(minutes=5))
     assert last.state == DeliveryState.FAILED and last.attempts == 2
     assert "gave up after 2 attempts" in (last.last_error or "")
-    assert run_due_deliveries(ledger, settings, now=t0 + timedelta(days=1)) == []
+    assert run_due_deliveries(ledger, settings, spool, now=t0 + timedelta(days=1)) == []
 
 
 def test_delivery_of_removed_outputs_or_unknown_destination_fails_at_once(
@@ -167,10 +169,10 @@ def test_delivery_of_removed_outputs_or_unknown_destination_fails_at_once(
     t0 = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
     job_id = _job_with_outputs(ledger, spool, write_ct_series(tmp_path / "ct"), t0)
     shutil.rmtree(spool.output_dir(job_id))
-    (failed,) = run_due_deliveries(ledger, _settings(spool.root, free_port()), now=t0)
+    (failed,) = run_due_deliveries(ledger, _settings(spool.root, free_port()), spool, now=t0)
     assert failed.state == DeliveryState.FAILED and "no DICOM files" in (failed.last_error or "")
 
     ledger.retry_delivery(failed.id, now=t0)
     renamed = Settings(storage=StorageSettings(spool_dir=spool.root), destinations=[])
-    (unknown,) = run_due_deliveries(ledger, renamed, now=t0 + timedelta(seconds=1))
+    (unknown,) = run_due_deliveries(ledger, renamed, spool, now=t0 + timedelta(seconds=1))
     assert unknown.state == DeliveryState.FAILED and "not configured" in (unknown.last_error or "")

@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 
 from config.settings import LedgerSettings, RetentionSettings, Settings, StorageSettings
 from storage import DeliveryState, IllegalTransition, JobState, Ledger
-from storage.retention import TRASH_DIR, RetentionSweeper
+from storage.retention import TRASH_DIR, RetentionReport, RetentionSweeper
+from storage.spool import Spool
 from tests.storage.scenario import finish, queue, receive, write_file
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -73,7 +74,7 @@ def test_age_removes_only_finished_jobs_with_finished_deliveries(ledger: Ledger,
     receive(ledger, spool, "1.2.3", "1.8", ["open.1"], OLD)  # an open version, no job yet
 
     settings_ = make_settings(spool, ledger.url)
-    report = RetentionSweeper(settings_, ledger, disk_probe=low_disk).sweep(NOW)
+    report = RetentionSweeper(settings_, ledger, Spool(spool), disk_probe=low_disk).sweep(NOW)
 
     assert sorted(report.purged_by_age) == sorted([failed, delivered, cancelled])
     assert report.purged_by_watermark == [] and report.errors == []
@@ -92,7 +93,7 @@ def test_age_removes_only_finished_jobs_with_finished_deliveries(ledger: Ledger,
     assert (spool / "incoming/1.2.3/1.8/open.1.dcm").exists()
     assert [e.kind for e in ledger.events(job_id=failed)][-1] == "job.purged"
     # Nothing left to do: a second sweep changes nothing.
-    again = RetentionSweeper(settings_, ledger, disk_probe=low_disk).sweep(NOW)
+    again = RetentionSweeper(settings_, ledger, Spool(spool), disk_probe=low_disk).sweep(NOW)
     assert again.purged_jobs == [] and again.removed_paths == []
     assert not (spool / TRASH_DIR).exists() or not any((spool / TRASH_DIR).iterdir())
 
@@ -105,7 +106,7 @@ def test_a_folder_shared_with_an_open_version_stays_until_the_last_job_is_purged
     )
     # Late instances of the same series: a second version, same folder, still open.
     receive(ledger, spool, "1.2.3", "2.1", ["late.1"], YOUNG)
-    sweeper = RetentionSweeper(make_settings(spool, ledger.url), ledger, disk_probe=low_disk)
+    sweeper = RetentionSweeper(make_settings(spool, ledger.url), ledger, Spool(spool), disk_probe=low_disk)
 
     report = sweeper.sweep(NOW)
     assert report.purged_by_age == [first]
@@ -131,7 +132,9 @@ def test_an_instance_stored_during_the_sweep_is_kept(ledger: Ledger, spool: Path
     job = job_at(ledger, spool, "3.1", JobState.FAILED, OLD)
     # Stored by the SCP after the ledger was read, not recorded yet: newer than every known arrival.
     write_file(spool / "incoming/1.2.3/3.1/resent.dcm", NOW)
-    report = RetentionSweeper(make_settings(spool, ledger.url), ledger, disk_probe=low_disk).sweep(NOW)
+    report = RetentionSweeper(
+        make_settings(spool, ledger.url), ledger, Spool(spool), disk_probe=low_disk
+    ).sweep(NOW)
     assert report.purged_by_age == [job]
     assert [p.name for p in (spool / "incoming/1.2.3/3.1").iterdir()] == ["resent.dcm"]
     assert report.freed_bytes == 2 * 64
@@ -170,7 +173,7 @@ def test_watermark_removes_the_oldest_finished_jobs_first_until_below(ledger: Le
         return 70.0 + 5.0 * len(list((spool / "incoming/1.2.3").iterdir()))
 
     settings_ = make_settings(spool, ledger.url, watermark=86.0)
-    report = RetentionSweeper(settings_, ledger, disk_probe=probe).sweep(NOW)
+    report = RetentionSweeper(settings_, ledger, Spool(spool), disk_probe=probe).sweep(NOW)
 
     assert report.purged_by_age == []
     assert report.purged_by_watermark == [a, b]  # oldest finished first, stops once below 86 %
@@ -186,7 +189,9 @@ def test_watermark_never_touches_unfinished_work_even_when_nothing_else_is_left(
     running = job_at(ledger, spool, "5.1", JobState.RUNNING, YOUNG)
     queued = job_at(ledger, spool, "5.2", JobState.QUEUED, YOUNG)
     receive(ledger, spool, "1.2.3", "5.3", ["open"], YOUNG)
-    report = RetentionSweeper(make_settings(spool, ledger.url), ledger, disk_probe=lambda _p: 99.0).sweep(NOW)
+    report = RetentionSweeper(
+        make_settings(spool, ledger.url), ledger, Spool(spool), disk_probe=lambda _p: 99.0
+    ).sweep(NOW)
     assert report.purged_jobs == [] and report.removed_paths == []
     assert report.disk_percent_after == 99.0
     for job_id in (running, queued):
@@ -204,7 +209,9 @@ def test_paths_outside_the_spool_are_never_removed(ledger: Ledger, spool: Path, 
         child.unlink()
     output.rmdir()
     output.symlink_to(outside, target_is_directory=True)
-    report = RetentionSweeper(make_settings(spool, ledger.url), ledger, disk_probe=low_disk).sweep(NOW)
+    report = RetentionSweeper(
+        make_settings(spool, ledger.url), ledger, Spool(spool), disk_probe=low_disk
+    ).sweep(NOW)
     assert report.purged_by_age == [job]  # the input folder inside the spool went
     assert report.errors == [f"job {job} outputs: resolves outside the spool or to a top folder; left alone"]
     assert (outside / "keep.txt").exists()
@@ -216,21 +223,23 @@ def test_a_job_with_no_files_in_this_spool_is_left_to_its_own_agent(ledger: Ledg
     for path in (spool / "incoming/1.2.3/7.1").iterdir():
         path.unlink()
     (spool / "incoming/1.2.3/7.1").rmdir()
-    report = RetentionSweeper(make_settings(spool, ledger.url), ledger, disk_probe=low_disk).sweep(NOW)
+    report = RetentionSweeper(
+        make_settings(spool, ledger.url), ledger, Spool(spool), disk_probe=low_disk
+    ).sweep(NOW)
     assert report.not_local == [job] and report.purged_jobs == []
     assert ledger.get_job(job).purged_at is None
 
 
 def test_a_purged_job_cannot_be_retried(ledger: Ledger, spool: Path) -> None:
     job = job_at(ledger, spool, "8.1", JobState.FAILED, OLD)
-    RetentionSweeper(make_settings(spool, ledger.url), ledger, disk_probe=low_disk).sweep(NOW)
+    RetentionSweeper(make_settings(spool, ledger.url), ledger, Spool(spool), disk_probe=low_disk).sweep(NOW)
     with pytest.raises(IllegalTransition, match="removed by retention"):
         ledger.retry_job(job)
 
 
 def test_leftovers_of_an_interrupted_sweep_are_emptied(ledger: Ledger, spool: Path) -> None:
     write_file(spool / TRASH_DIR / "abc" / "x.dcm", OLD)
-    RetentionSweeper(make_settings(spool, ledger.url), ledger, disk_probe=low_disk).sweep(NOW)
+    RetentionSweeper(make_settings(spool, ledger.url), ledger, Spool(spool), disk_probe=low_disk).sweep(NOW)
     assert list((spool / TRASH_DIR).iterdir()) == []
 
 
@@ -298,7 +307,9 @@ def _check_sweep(
             if waiting:
                 protected_files.append(spool / f"outgoing/{job_id}/seg.dcm")
 
-    report = RetentionSweeper(make_settings(spool, ledger.url), ledger, disk_probe=lambda _p: 99.0).sweep(NOW)
+    report = RetentionSweeper(
+        make_settings(spool, ledger.url), ledger, Spool(spool), disk_probe=lambda _p: 99.0
+    ).sweep(NOW)
 
     assert report.errors == []
     for path in protected_files:
@@ -314,3 +325,15 @@ def _check_sweep(
         if job.purged_at is not None and job.output_path:
             assert not (spool / job.output_path).exists()
     assert not (spool / TRASH_DIR).exists() or not any((spool / TRASH_DIR).iterdir())
+
+
+def test_every_sweep_reports_to_the_callback(ledger: Ledger, spool: Path) -> None:
+    old = job_at(ledger, spool, "9.1", JobState.SUCCEEDED, OLD)
+    reports: list[RetentionReport] = []
+    sweeper = RetentionSweeper(
+        make_settings(spool, ledger.url), ledger, Spool(spool), disk_probe=low_disk, on_sweep=reports.append
+    )
+    first = sweeper.sweep(NOW)
+    second = sweeper.sweep(NOW)
+    assert reports == [first, second]
+    assert first.purged_by_age == [old] and second.purged_jobs == []

@@ -18,7 +18,7 @@ def register(app: typer.Typer) -> None:
         ] = 20.0,
     ) -> None:
         """Run the agent: Storage SCP, quiet-timer scheduler, engine worker, sender, health/metrics."""
-        from agent.cli.app import settings
+        from agent.cli.state import settings
         from agent.logging_setup import configure_logging
         from agent.service.service import AgentService
 

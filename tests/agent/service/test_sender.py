@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -10,8 +12,13 @@ import pytest
 from pydicom.uid import CTImageStorage, ImplicitVRLittleEndian
 from pynetdicom import AE, evt
 
-from agent.service.sender import StoreResult, backoff_delay, send_files
+from agent.service.manifest import write_manifest
+from agent.service.sender import StoreResult, backoff_delay, run_due_deliveries, send_files
+from config import Destination, Settings
+from config.settings import DeliverySettings, StorageSettings
 from dicom_io.seg import build_seg
+from storage import DeliveryState, Ledger
+from storage.spool import Spool
 from tests.conftest import free_port
 from tests.dicom_io.ct_series import CTSeries, binary_result
 
@@ -103,3 +110,79 @@ def test_nothing_to_send_needs_no_association(ct_series: CTSeries) -> None:
     # Port 9 (discard) is never contacted: every file is skipped.
     outcome = send_files("X", "127.0.0.1", 9, ct_series.files[:2], calling_ae="A", skip_instances=skip)
     assert outcome.results == () and outcome.all_succeeded
+
+
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+
+
+def _finished_job(ledger: Ledger, spool: Spool, ct_series: CTSeries) -> Path:
+    """A SUCCEEDED job with one PENDING delivery to "pacs"; returns its (empty) output folder."""
+    study, series = str(ct_series.datasets[0].StudyInstanceUID), str(ct_series.datasets[0].SeriesInstanceUID)
+    ledger.record_instance(study, series, 1, f"incoming/{study}/{series}", now=T0 - timedelta(minutes=5))
+    (job_id,) = ledger.queue_quiet_series(30, now=T0 - timedelta(minutes=1))
+    assert ledger.claim_job("w", lease_s=600, now=T0 - timedelta(seconds=30)) is not None
+    out = spool.output_dir(job_id)
+    out.mkdir(parents=True)
+    ledger.succeed_job(
+        job_id,
+        owner="w",
+        timings={},
+        model_version="v",
+        output_path=spool.output_relpath(job_id),
+        destinations=["pacs"],
+        now=T0,
+    )
+    return out
+
+
+def _delivery_settings(spool: Spool, port: int) -> Settings:
+    return Settings(
+        storage=StorageSettings(spool_dir=spool.root),
+        destinations=[Destination(name="pacs", ae_title="TESTSCP", host="127.0.0.1", port=port)],
+        delivery=DeliverySettings(calling_ae_title="SPINEAGENT"),
+    )
+
+
+def test_a_delivery_sends_exactly_what_the_manifest_lists_in_its_order(
+    scp: RecordingSCP, ct_series: CTSeries, ledger: Ledger, tmp_path: Path
+) -> None:
+    spool = Spool(tmp_path / "spool")
+    out = _finished_job(ledger, spool, ct_series)
+    first, second, stray = out / "b.dcm", out / "a.dcm", out / "stray.dcm"
+    for source, target in zip(ct_series.files[:3], (first, second, stray), strict=True):
+        shutil.copyfile(source, target)
+    write_manifest(out, [first, second])  # b before a: not the alphabetical order
+
+    (delivery,) = run_due_deliveries(ledger, _delivery_settings(spool, scp.port), spool, now=T0)
+
+    assert delivery.state == DeliveryState.DELIVERED
+    assert scp.received == [str(ds.SOPInstanceUID) for ds in ct_series.datasets[:2]]  # not the stray file
+    assert stray.exists()
+
+
+def test_a_delivery_without_a_manifest_fails_with_the_reason(
+    scp: RecordingSCP, ct_series: CTSeries, ledger: Ledger, tmp_path: Path
+) -> None:
+    spool = Spool(tmp_path / "spool")
+    out = _finished_job(ledger, spool, ct_series)
+    shutil.copy(ct_series.files[0], out / "seg.dcm")
+
+    (delivery,) = run_due_deliveries(ledger, _delivery_settings(spool, scp.port), spool, now=T0)
+
+    assert delivery.state == DeliveryState.FAILED
+    assert "no manifest.json" in str(delivery.last_error)
+    assert scp.received == []
+
+
+def test_a_manifest_naming_a_missing_file_fails_the_delivery(
+    scp: RecordingSCP, ct_series: CTSeries, ledger: Ledger, tmp_path: Path
+) -> None:
+    spool = Spool(tmp_path / "spool")
+    out = _finished_job(ledger, spool, ct_series)
+    shutil.copy(ct_series.files[0], out / "seg.dcm")
+    write_manifest(out, [out / "seg.dcm", out / "sr.dcm"])
+
+    (delivery,) = run_due_deliveries(ledger, _delivery_settings(spool, scp.port), spool, now=T0)
+
+    assert delivery.state == DeliveryState.FAILED
+    assert "sr.dcm" in str(delivery.last_error) and scp.received == []

@@ -10,6 +10,7 @@ import numpy as np
 import pydicom
 import pytest
 
+from agent.service.manifest import read_manifest
 from agent.service.worker import JobWorker
 from config import Destination, Settings
 from dicom_io.result import Landmark, Result
@@ -93,7 +94,8 @@ def test_success_writes_results_and_queues_deliveries(
     assert job.state == JobState.SUCCEEDED and job.model_version == "truth"
     assert {"load", "stage1", "write", "total"} <= set(job.timings)
     out = Spool(settings.storage.spool_dir).resolve(str(job.output_path))
-    assert sorted(p.name for p in out.iterdir()) == ["landmarks.json", "seg.dcm", "sr.dcm"]
+    assert sorted(p.name for p in out.iterdir()) == ["landmarks.json", "manifest.json", "seg.dcm", "sr.dcm"]
+    assert read_manifest(out) == [out / "seg.dcm", out / "sr.dcm"]
     assert [d.state for d in job.deliveries] == [DeliveryState.PENDING]
     assert worker.run_once() is None  # queue empty
 
