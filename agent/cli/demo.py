@@ -253,8 +253,7 @@ def write_prediction_centroids(verse_dir: Path, out_dir: Path, landmarks: list[L
     named like the ground truth, so ``spine-agent evaluate --predictions`` scores exactly these points."""
     import json
 
-    from inference.training.files import verse_centroids
-    from inference.training.verse import read_verse
+    from inference.training.verse import read_verse, verse_centroids
 
     (subject,) = list(read_verse(verse_dir))
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,9 @@
-"""VerSe-format folders: write phantoms in the VerSe layout, read phantoms and real VerSe 2019/2020 data.
+"""NIfTI and VerSe on disk: VerSe-format folders (phantoms written, phantoms and real VerSe 2019/2020 read)
+and the engine's file inputs and outputs (NIfTI volumes and masks, VerSe centroid JSON, DICOM folders).
+
+NIfTI stores RAS+ world coordinates and arrays indexed ``[i, j, k]``; :class:`Volume` uses LPS and
+``[k, j, i]``. The conversion is a transpose plus negating the first two rows of the affine
+(:func:`_nifti_image`, :func:`_kji_lps`), written once here.
 
 Layout (VerSe "subject based structure", BIDS-like; anjany/verse)::
 
@@ -33,15 +38,17 @@ import json
 import logging
 import math
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import nibabel.orientations as nio
 import numpy as np
 import numpy.typing as npt
 
+from dicom_io.result import Landmark, Result
 from dicom_io.volume import Volume
 from inference.phantoms.generate import Phantom
 
@@ -53,6 +60,19 @@ _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 _CT_SUFFIX = "_ct.nii.gz"
 _MASK_SUFFIX = "_seg-vert_msk.nii.gz"
 _CTD_SUFFIX = "_seg-subreg_ctd.json"
+
+
+def _nifti_image(array_kji: npt.NDArray[np.generic], affine_lps: npt.NDArray[np.float64]) -> nib.Nifti1Image:
+    """A NIfTI image (``[i, j, k]``, RAS affine) of a ``[k, j, i]`` array with an LPS affine."""
+    data = np.ascontiguousarray(np.asarray(array_kji).transpose(2, 1, 0))
+    return nib.Nifti1Image(data, _LPS_TO_RAS @ affine_lps)
+
+
+def _kji_lps(
+    data_ijk: npt.NDArray[Any], affine_ras: npt.NDArray[np.float64]
+) -> tuple[npt.NDArray[Any], npt.NDArray[np.float64]]:
+    """The ``[k, j, i]`` array and LPS affine of NIfTI data ``[i, j, k]`` with a RAS affine."""
+    return np.ascontiguousarray(data_ijk.transpose(2, 1, 0)), _LPS_TO_RAS @ affine_ras
 
 
 class VerseFormatError(ValueError):
@@ -93,7 +113,7 @@ def _nifti_from_volume(
     array_kji: npt.NDArray[np.generic], affine_lps: npt.NDArray[np.float64]
 ) -> nib.Nifti1Image:
     """A NIfTI image (RAS affine) of a ``[k, j, i]`` array with an LPS affine, reoriented to P, I, R."""
-    img = nib.Nifti1Image(np.ascontiguousarray(array_kji.transpose(2, 1, 0)), _LPS_TO_RAS @ affine_lps)
+    img = _nifti_image(array_kji, affine_lps)
     ornt = nio.ornt_transform(nio.io_orientation(img.affine), nio.axcodes2ornt(VERSE_AXCODES))
     out = img.as_reoriented(ornt)
     data = np.ascontiguousarray(np.asanyarray(out.dataobj))
@@ -141,7 +161,7 @@ def _volume_from_nifti(img: nib.Nifti1Image) -> tuple[npt.NDArray[np.float32], n
         data = data[..., 0]
     if data.ndim != 3:
         raise VerseFormatError(f"expected a 3D image, got shape {data.shape}")
-    return np.ascontiguousarray(data.transpose(2, 1, 0)), _LPS_TO_RAS @ img.affine
+    return _kji_lps(data, img.affine)
 
 
 def read_centroids(path: Path | str, image: nib.Nifti1Image) -> dict[int, tuple[float, float, float]]:
@@ -239,3 +259,92 @@ def read_verse(root: Path | str) -> Iterator[VerseSubject]:
         raise VerseFormatError(f"{root}: no *{_CT_SUFFIX} files found")
     for ct, mask, ctd in found:
         yield read_verse_subject(ct, mask, ctd)
+
+
+# ------------------------------------------------------------------------------ engine inputs and outputs
+def read_nifti_volume(path: Path) -> Volume:
+    """A CT NIfTI file as a Volume (float32 HU, ``[k, j, i]``, LPS affine)."""
+    img: Any = nib.load(str(path))
+    if len(img.shape) != 3:
+        raise ValueError(f"{path}: expected a 3D image, got shape {img.shape}")
+    data = np.asarray(img.dataobj, dtype=np.float32)  # applies scl_slope / scl_inter
+    return Volume(*_kji_lps(data, img.affine))
+
+
+def write_nifti(path: Path, array_kji: npt.NDArray[np.generic], affine_lps: npt.NDArray[np.float64]) -> None:
+    img = _nifti_image(array_kji, affine_lps)
+    img.set_qform(img.affine, code=1)
+    img.set_sform(img.affine, code=1)
+    nib.save(img, str(path))
+
+
+def verse_centroids(landmarks: Sequence[Landmark], affine_lps: npt.NDArray[np.float64]
+                    ) -> list[dict[str, object]]:
+    """VerSe centroid list in the voxel frame of an image with ``affine_lps`` (as written by write_nifti)."""
+    ras = _LPS_TO_RAS @ affine_lps
+    codes = list(nib.aff2axcodes(ras))
+    inv = np.linalg.inv(affine_lps[:3, :3])
+    out: list[dict[str, object]] = [{"direction": codes}]
+    for lm in landmarks:
+        ijk = (np.asarray(lm.position_lps) - affine_lps[:3, 3]) @ inv.T
+        out.append({"label": lm.label, "X": round(float(ijk[0]), 3), "Y": round(float(ijk[1]), 3),
+                    "Z": round(float(ijk[2]), 3)})
+    return out
+
+
+def write_result(out_dir: Path, result: Result, volume: Volume, stem: str = "prediction") -> dict[str, Path]:
+    """Write ``<stem>_ctd.json`` (VerSe), ``<stem>_landmarks.json`` (LPS mm + confidence + timings) and
+    ``<stem>_msk.nii.gz`` (spine mask on the input grid)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"centroids": out_dir / f"{stem}_ctd.json", "landmarks": out_dir / f"{stem}_landmarks.json",
+             "mask": out_dir / f"{stem}_msk.nii.gz"}
+    centroids = verse_centroids(result.landmarks, volume.affine)
+    paths["centroids"].write_text(json.dumps(centroids, indent=1) + "\n", encoding="utf-8")
+    paths["landmarks"].write_text(json.dumps({
+        "model_version": result.model_version,
+        "coordinate_system": "DICOM patient LPS, millimetres",
+        "landmarks": [{"label": lm.label, "name": lm.name, "position_lps": list(lm.position_lps),
+                       "confidence": round(lm.confidence, 4)} for lm in result.landmarks],
+        "timings_s": {k: round(v, 3) for k, v in result.timings.items()},
+    }, indent=2) + "\n", encoding="utf-8")
+    write_nifti(paths["mask"], result.mask, volume.affine)
+    return paths
+
+
+def read_dicom_series(directory: Path) -> Volume:
+    """A DICOM series folder as a Volume; uses ``dicom_io.series.load_series`` when that module exists,
+    otherwise SimpleITK's ImageSeriesReader (first series found in the folder)."""
+    try:
+        from dicom_io.series import load_series
+    except ImportError:  # pragma: no cover - older checkouts without the project's loader
+        return _read_series_sitk(directory)
+    vol: Volume = load_series(directory)
+    return vol
+
+
+def _read_series_sitk(directory: Path) -> Volume:
+    import SimpleITK as sitk
+
+    ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(directory))
+    if not ids:
+        raise ValueError(f"{directory}: no DICOM series found")
+    files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(directory), ids[0])
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(files)
+    img = reader.Execute()
+    arr = sitk.GetArrayFromImage(img).astype(np.float32, copy=False)  # [k, j, i], rescaled to HU
+    spacing = np.asarray(img.GetSpacing())
+    direction = np.asarray(img.GetDirection()).reshape(3, 3)
+    aff = np.eye(4)
+    aff[:3, :3] = direction * spacing[None, :]
+    aff[:3, 3] = img.GetOrigin()  # ITK's physical space is LPS, like DICOM
+    return Volume(arr, aff)
+
+
+def read_input(path: Path) -> Volume:
+    """A NIfTI file (``.nii``/``.nii.gz``) or a DICOM series folder."""
+    if path.is_dir():
+        return read_dicom_series(path)
+    if path.name.endswith((".nii", ".nii.gz")):
+        return read_nifti_volume(path)
+    raise ValueError(f"{path}: expected a DICOM series folder or a .nii/.nii.gz file")

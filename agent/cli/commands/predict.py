@@ -25,7 +25,7 @@ def predict(
     """Find and label every vertebra: writes prediction_ctd.json (VerSe), prediction_landmarks.json
     (LPS mm with confidences) and prediction_msk.nii.gz (spine mask)."""
     from inference.engine.engine import Engine, WeightsError
-    from inference.training.files import read_input, write_result
+    from inference.training.verse import read_input, write_result
 
     if not input_path.exists():
         raise UserError(f"--input {input_path}: no such file or folder")

@@ -14,9 +14,8 @@ from typer.testing import CliRunner
 from agent.cli import app
 from agent.errors import UserError
 from inference.phantoms import generate_phantom, write_dicom_series
-from inference.training.files import write_nifti
 from inference.training.shipping import write_checksums
-from inference.training.verse import write_verse
+from inference.training.verse import write_nifti, write_verse
 from tests.inference.engine.test_engine import make_small_volume, tiny_engine
 
 runner = CliRunner()

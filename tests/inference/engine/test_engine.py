@@ -30,9 +30,8 @@ from inference.engine.networks import DSNTLocaliser, ISEVNet, NetworkConfig
 from inference.engine.plan import EnginePlan, Stage1Plan, Stage2Plan
 from inference.engine.resample import Grid
 from inference.phantoms import generate_phantom
-from inference.training.files import read_nifti_volume, write_nifti, write_result
 from inference.training.shipping import write_checksums
-from inference.training.verse import read_centroids
+from inference.training.verse import read_centroids, read_nifti_volume, write_nifti, write_result
 
 TINY = NetworkConfig(base=2, levels=2, convs_per_level=(1, 1), se_reduction=2)
 
