@@ -19,17 +19,22 @@ constant time and never logged. The ledger holds no patient data, and nothing he
 
 from __future__ import annotations
 
+import functools
 import hmac
 import html
 import json
 import logging
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from http import HTTPStatus
+from importlib import resources
 from typing import Any
 from urllib.parse import parse_qs, urlencode
+
+import jinja2
+from markupsafe import Markup
 
 from agent.web.views import age, delivery_as_dict, iso, job_as_dict
 from config import ConfigError, HttpSettings
@@ -57,6 +62,34 @@ MAX_LIMIT = 1000
 EVENT_LIMIT = 200
 
 STATIC = "/dashboard/static"
+#: The package files under ``agent/web/static`` served at ``STATIC``: name -> (file, content type).
+STATIC_FILES: dict[str, tuple[str, str]] = {
+    "dashboard.js": ("dashboard.js", "text/javascript; charset=utf-8"),
+    "dashboard.css": ("dashboard.css", "text/css; charset=utf-8"),
+}
+
+
+@functools.cache
+def _static_bytes(name: str) -> bytes:
+    """A file of ``agent/web/static`` (package data), read once."""
+    return resources.files("agent.web").joinpath("static", name).read_bytes()
+
+
+def _escaped(value: object) -> Markup:
+    """Every value a template prints: HTML-escaped (quotes too, so safe in attributes); None -> empty."""
+    if isinstance(value, Markup):  # a macro's output, already escaped
+        return value
+    return Markup(html.escape("" if value is None else str(value), quote=True))
+
+
+def _templates() -> jinja2.Environment:
+    """The page templates of ``agent/web/templates`` (package data), escaping every value they print."""
+    return jinja2.Environment(
+        loader=jinja2.PackageLoader("agent.web", "templates"),
+        autoescape=True,
+        finalize=_escaped,
+        undefined=jinja2.StrictUndefined,
+    )
 
 #: Sent with every dashboard answer. Scripts and styles only from our own files (no inline code), so even
 #: a value that escaped escaping could not run; no framing, no forms, no referrer.
@@ -176,11 +209,6 @@ def _positive_int(query: dict[str, list[str]], name: str, default: int | None, m
 # --- HTML -------------------------------------------------------------------------------------------------
 
 
-def _e(value: object) -> str:
-    """HTML-escaped text (quotes included, so it is safe in attributes too); None -> empty."""
-    return html.escape("" if value is None else str(value), quote=True)
-
-
 def _when(value: datetime | None) -> str:
     return "" if value is None else value.strftime("%Y-%m-%d %H:%M:%SZ")
 
@@ -193,18 +221,8 @@ def _short_uid(uid: str) -> str:
     return uid if len(uid) <= 28 else "…" + uid[-27:]
 
 
-def _badge(state: str) -> str:
-    return f'<span class="state state-{_e(state.lower())}">{_e(state)}</span>'
-
-
-def _table(headers: Sequence[str], rows: Sequence[str], empty: str) -> str:
-    head = "".join(f"<th>{_e(h)}</th>" for h in headers)
-    body = "".join(rows) or f'<tr><td colspan="{len(headers)}" class="empty">{_e(empty)}</td></tr>'
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
 def _seconds(value: object) -> str:
-    return f"{value:.2f} s" if isinstance(value, int | float) else _e(value)
+    return f"{value:.2f} s" if isinstance(value, int | float) else str(value)
 
 
 class Dashboard:
@@ -220,6 +238,7 @@ class Dashboard:
         self.ledger = ledger
         self._token = admin_token.encode() if admin_token is not None else None
         self.refresh_s = refresh_s
+        self._templates = _templates()
 
     @property
     def actions_enabled(self) -> bool:
@@ -247,9 +266,7 @@ class Dashboard:
         except _BadRequest as exc:
             if path.startswith("/api/"):
                 return _error(HTTPStatus.BAD_REQUEST, str(exc))
-            return self._html(
-                HTTPStatus.BAD_REQUEST, "Bad request", "jobs", f'<p class="error">{_e(exc)}</p>'
-            )
+            return self._message(HTTPStatus.BAD_REQUEST, "Bad request", "jobs", str(exc))
 
     def _get(self, path: str, query: dict[str, list[str]]) -> DashboardResponse:
         if path == "/":
@@ -258,14 +275,9 @@ class Dashboard:
             return self._jobs_page(query)
         if path == "/dashboard/deliveries":
             return self._deliveries_page(query)
-        if path == f"{STATIC}/dashboard.js":
-            return DashboardResponse(
-                HTTPStatus.OK, SCRIPT.encode(), "text/javascript; charset=utf-8", dict(SECURITY_HEADERS)
-            )
-        if path == f"{STATIC}/dashboard.css":
-            return DashboardResponse(
-                HTTPStatus.OK, STYLE.encode(), "text/css; charset=utf-8", dict(SECURITY_HEADERS)
-            )
+        if path.startswith(f"{STATIC}/") and (static := STATIC_FILES.get(path.removeprefix(f"{STATIC}/"))):
+            name, content_type = static
+            return DashboardResponse(HTTPStatus.OK, _static_bytes(name), content_type, dict(SECURITY_HEADERS))
         if match := _JOB_PAGE.fullmatch(path):
             return self._job_page(int(match[1]))
         if path == "/api/jobs":
@@ -276,9 +288,7 @@ class Dashboard:
             return self._api_deliveries(query)
         if path.startswith("/api/"):
             return _error(HTTPStatus.NOT_FOUND, f"no such resource: {path}")
-        return self._html(
-            HTTPStatus.NOT_FOUND, "Not found", "", f'<p class="error">No page at {_e(path)}.</p>'
-        )
+        return self._message(HTTPStatus.NOT_FOUND, "Not found", "", f"No page at {path}.")
 
     # --- actions ------------------------------------------------------------------------------------
 
@@ -371,89 +381,66 @@ class Dashboard:
 
     # --- pages --------------------------------------------------------------------------------------
 
-    def _html(self, status: HTTPStatus, title: str, active: str, content: str) -> DashboardResponse:
-        mode = (
-            '<span class="mode mode-admin">actions need the admin token</span>'
-            '<button type="button" id="forget-token" class="quiet">forget token</button>'
-            if self.actions_enabled
-            else '<span class="mode mode-readonly" title="configure http.admin_token_file to enable actions">'
-            "read-only</span>"
+    def _html(
+        self, status: HTTPStatus, template: str, title: str, active: str, **values: Any
+    ) -> DashboardResponse:
+        page = self._templates.get_template(template).render(
+            title=title,
+            active=active,
+            static=STATIC,
+            actions_enabled=self.actions_enabled,
+            refresh_s=self.refresh_s,
+            **values,
         )
-        nav = "".join(
-            f'<a href="{href}"{" class=active" if name == active else ""}>{label}</a>'
-            for name, href, label in (
-                ("jobs", "/dashboard", "Jobs"),
-                ("deliveries", "/dashboard/deliveries", "Deliveries"),
-            )
-        )
-        page = f"""<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{_e(title)} · spine-agent</title>
-<link rel="stylesheet" href="{STATIC}/dashboard.css">
-<script src="{STATIC}/dashboard.js" defer></script>
-</head>
-<body data-actions="{"enabled" if self.actions_enabled else "disabled"}" data-refresh-s="{self.refresh_s}">
-<header>
-<a class="brand" href="/dashboard">spine-agent</a>
-<nav>{nav}</nav>
-<div class="tools">{mode}
-<label><input type="checkbox" id="auto-refresh" checked> auto-refresh</label>
-<span id="updated" class="muted"></span>
-</div>
-</header>
-<div id="flash" class="flash" role="status" hidden></div>
-<main id="content">
-{content}
-</main>
-<footer>Job ledger of this agent · no patient data ·
-JSON: <a href="/api/jobs">/api/jobs</a> <a href="/api/deliveries">/api/deliveries</a> ·
-<a href="/metrics">/metrics</a> · <a href="/readyz">/readyz</a></footer>
-</body>
-</html>
-"""
         return DashboardResponse(status, page.encode(), "text/html; charset=utf-8", dict(SECURITY_HEADERS))
 
-    def _button(self, url: str, label: str, confirm: str | None = None) -> str:
-        if not self.actions_enabled:
-            return ""
-        extra = f' data-confirm="{_e(confirm)}"' if confirm else ""
-        return f'<button type="button" class="action" data-action="{_e(url)}"{extra}>{_e(label)}</button>'
+    def _message(self, status: HTTPStatus, title: str, active: str, message: str) -> DashboardResponse:
+        return self._html(status, "message.html", title, active, message=message)
 
-    def _job_buttons(self, job: Job) -> str:
-        buttons = []
-        if job.state in RETRYABLE_JOBS and job.purged_at is None:
-            buttons.append(self._button(f"/api/jobs/{job.id}/retry", "Retry"))
-        if job.state in CANCELLABLE_JOBS:
-            buttons.append(self._button(f"/api/jobs/{job.id}/cancel", "Cancel", f"Cancel job {job.id}?"))
-        return "".join(buttons)
+    @staticmethod
+    def _job_view(job: Job, now: datetime) -> dict[str, Any]:
+        uid = job.series.series_instance_uid
+        reason = job.failure_reason or ""
+        return {
+            "id": job.id,
+            "state": job.state.value,
+            "uid": uid,
+            "short_uid": _short_uid(uid),
+            "version": job.series.version,
+            "instances": job.series.instance_count,
+            "created": _when(job.created_at),
+            "age": age(job.created_at, now),
+            "attempts": job.attempts,
+            "reason": reason,
+            "reason_clipped": _clip(reason, 160),
+            "retryable": job.state in RETRYABLE_JOBS and job.purged_at is None,
+            "cancellable": job.state in CANCELLABLE_JOBS,
+        }
 
-    def _delivery_row(self, d: Delivery, *, with_job: bool) -> str:
-        status = "" if d.last_status is None else f"0x{d.last_status:04X}"
-        retry = (
-            self._button(f"/api/deliveries/{d.id}/retry", "Retry") if d.state in RETRYABLE_DELIVERIES else ""
-        )
-        job_cell = f'<td><a href="/dashboard/jobs/{d.job_id}">{d.job_id}</a></td>' if with_job else ""
-        return (
-            f'<tr data-delivery-id="{d.id}" data-state="{_e(d.state.value)}">'
-            f"<td>{d.id}</td>{job_cell}<td>{_e(d.destination)}</td>"
-            f"<td>{_badge(d.state.value)}</td><td>{d.attempts}</td><td>{len(d.sent_instances)}</td>"
-            f'<td>{_e(status)}</td><td class="reason">{_e(d.last_error)}</td>'
-            f"<td>{_when(d.next_attempt_at if d.state == DeliveryState.PENDING else d.finished_at)}</td>"
-            f'<td class="actions">{retry}</td></tr>'
-        )
+    @staticmethod
+    def _delivery_view(d: Delivery) -> dict[str, Any]:
+        return {
+            "id": d.id,
+            "job_id": d.job_id,
+            "destination": d.destination,
+            "state": d.state.value,
+            "attempts": d.attempts,
+            "sent": len(d.sent_instances),
+            "status": "" if d.last_status is None else f"0x{d.last_status:04X}",
+            "last_error": d.last_error,
+            "when": _when(d.next_attempt_at if d.state == DeliveryState.PENDING else d.finished_at),
+            "retryable": d.state in RETRYABLE_DELIVERIES,
+        }
 
-    def _filters(self, base: str, counts: dict[Any, int], selected: set[Any]) -> str:
-        links = [
-            f'<a href="{base}"{" class=active" if not selected else ""}>All <b>{sum(counts.values())}</b></a>'
-        ]
+    @staticmethod
+    def _filter_links(base: str, counts: dict[Any, int], selected: set[Any]) -> list[dict[str, Any]]:
+        links = [{"href": base, "css": "active" if not selected else "", "label": "All",
+                  "count": sum(counts.values())}]
         for state, n in counts.items():
-            href = f"{base}?{urlencode({'state': state.value})}"
             css = f"state-{state.value.lower()}" + (" active" if state in selected else "")
-            links.append(f'<a href="{_e(href)}" class="{css}">{_e(state.value)} <b>{n}</b></a>')
-        return f'<nav class="filters" aria-label="filter by state">{"".join(links)}</nav>'
+            links.append({"href": f"{base}?{urlencode({'state': state.value})}", "css": css,
+                          "label": state.value, "count": n})
+        return links
 
     def _jobs_page(self, query: dict[str, list[str]]) -> DashboardResponse:
         states = _states(query, JobState)
@@ -461,37 +448,21 @@ JSON: <a href="/api/jobs">/api/jobs</a> <a href="/api/deliveries">/api/deliverie
         jobs = self.ledger.list_jobs(states or None, None, limit)
         counts = self.ledger.job_counts()
         now = utcnow()
-        rows = []
-        for job in jobs:
-            uid = job.series.series_instance_uid
-            reason = job.failure_reason or ""
-            rows.append(
-                f'<tr data-job-id="{job.id}" data-state="{_e(job.state.value)}">'
-                f'<td><a href="/dashboard/jobs/{job.id}">{job.id}</a></td><td>{_badge(job.state.value)}</td>'
-                f'<td class="uid" title="{_e(uid)}">{_e(_short_uid(uid))}</td><td>{job.series.version}</td>'
-                f"<td>{job.series.instance_count}</td>"
-                f'<td title="{_e(_when(job.created_at))}">{_e(age(job.created_at, now))}</td>'
-                f"<td>{job.attempts}</td>"
-                f'<td class="reason" title="{_e(reason)}">{_e(_clip(reason, 160))}</td>'
-                f'<td class="actions">{self._job_buttons(job)}</td></tr>'
-            )
-        shown = ", ".join(s.value for s in states) or "all states"
-        content = (
-            f"<h1>Jobs</h1>{self._filters('/dashboard', counts, set(states))}"
-            f'<p class="muted">Newest {len(jobs)} job(s), {_e(shown)}.</p>'
-            + _table(
-                ("id", "state", "series", "ver", "instances", "age", "attempts", "failure reason", ""),
-                rows,
-                "No jobs.",
-            )
+        return self._html(
+            HTTPStatus.OK,
+            "jobs.html",
+            "Jobs",
+            "jobs",
+            jobs=[self._job_view(job, now) for job in jobs],
+            links=self._filter_links("/dashboard", counts, set(states)),
+            shown=", ".join(s.value for s in states) or "all states",
         )
-        return self._html(HTTPStatus.OK, "Jobs", "jobs", content)
 
     def _job_page(self, job_id: int) -> DashboardResponse:
         try:
             job = self.ledger.get_job(job_id)
         except NotFound as exc:
-            return self._html(HTTPStatus.NOT_FOUND, "Not found", "jobs", f'<p class="error">{_e(exc)}.</p>')
+            return self._message(HTTPStatus.NOT_FOUND, "Not found", "jobs", f"{exc}.")
         events = self.ledger.events(job_id=job_id, limit=EVENT_LIMIT)
         now = utcnow()
         series = job.series
@@ -499,250 +470,43 @@ JSON: <a href="/api/jobs">/api/jobs</a> <a href="/api/deliveries">/api/deliverie
         if job.started_at and job.finished_at and job.finished_at >= job.started_at:
             duration = f"{(job.finished_at - job.started_at).total_seconds():.1f} s"
         facts = [
-            ("state", _badge(job.state.value)),
-            ("series instance UID", _e(series.series_instance_uid)),
-            ("study instance UID", _e(series.study_instance_uid)),
-            ("series version", _e(series.version)),
+            ("state", job.state.value),
+            ("series instance UID", series.series_instance_uid),
+            ("study instance UID", series.study_instance_uid),
+            ("series version", series.version),
             ("instances", f"{series.instance_count} ({series.byte_count / 1e6:.1f} MB)"),
             ("received", f"{_when(series.first_received_at)} … {_when(series.last_received_at)}"),
-            ("attempts", _e(job.attempts)),
-            ("model version", _e(job.model_version)),
-            ("created", f"{_when(job.created_at)} ({_e(age(job.created_at, now))} ago)"),
+            ("attempts", job.attempts),
+            ("model version", job.model_version or ""),
+            ("created", f"{_when(job.created_at)} ({age(job.created_at, now)} ago)"),
             ("started", _when(job.started_at)),
             ("finished", _when(job.finished_at)),
             ("run time", duration),
-            (
-                "lease",
-                _e(f"{job.lease_owner} until {_when(job.lease_expires_at)}" if job.lease_owner else ""),
-            ),
-            ("outputs", _e(job.output_path)),
+            ("lease", f"{job.lease_owner} until {_when(job.lease_expires_at)}" if job.lease_owner else ""),
+            ("outputs", job.output_path or ""),
             ("files purged", _when(job.purged_at)),
-            ("failure reason", f'<span class="reason">{_e(job.failure_reason)}</span>'),
+            ("failure reason", job.failure_reason or ""),
         ]
-        facts_html = "".join(f"<dt>{_e(k)}</dt><dd>{v}</dd>" for k, v in facts)
-        timing_rows = [
-            f"<tr><td>{_e(stage)}</td><td>{_seconds(s)}</td></tr>" for stage, s in job.timings.items()
-        ]
-        delivery_rows = [self._delivery_row(d, with_job=False) for d in job.deliveries]
-        event_rows = [
-            f'<tr><td>{_when(e.at)}</td><td>{_e(e.kind)}</td><td class="reason">{_e(e.detail)}</td></tr>'
-            for e in events
-        ]
-        content = (
-            f"<h1>Job {job.id} {_badge(job.state.value)} "
-            f'<span class="actions">{self._job_buttons(job)}</span></h1>'
-            f'<dl class="facts">{facts_html}</dl>'
-            f"<h2>Timings</h2>{_table(('stage', 'seconds'), timing_rows, 'No timings recorded.')}"
-            "<h2>Deliveries</h2>"
-            + _table(
-                (
-                    "id",
-                    "destination",
-                    "state",
-                    "attempts",
-                    "sent",
-                    "last status",
-                    "last error",
-                    "next / done",
-                    "",
-                ),
-                delivery_rows,
-                "No deliveries.",
-            )
-            + f"<h2>Events</h2>{_table(('at (UTC)', 'kind', 'detail'), event_rows, 'No events.')}"
+        return self._html(
+            HTTPStatus.OK,
+            "job.html",
+            f"Job {job.id}",
+            "jobs",
+            job=self._job_view(job, now),
+            facts=facts,
+            timings=[(stage, _seconds(s)) for stage, s in job.timings.items()],
+            deliveries=[self._delivery_view(d) for d in job.deliveries],
+            events=[{"at": _when(e.at), "kind": e.kind, "detail": e.detail or ""} for e in events],
         )
-        return self._html(HTTPStatus.OK, f"Job {job.id}", "jobs", content)
 
     def _deliveries_page(self, query: dict[str, list[str]]) -> DashboardResponse:
         deliveries = self._deliveries(query)
         states = set(_states(query, DeliveryState))
-        rows = [self._delivery_row(d, with_job=True) for d in deliveries]
-        content = (
-            "<h1>Deliveries</h1>"
-            + self._filters("/dashboard/deliveries", self.ledger.delivery_counts(), states)
-            + f'<p class="muted">Newest {len(deliveries)} deliver(ies).</p>'
-            + _table(
-                (
-                    "id",
-                    "job",
-                    "destination",
-                    "state",
-                    "attempts",
-                    "sent",
-                    "last status",
-                    "last error",
-                    "next / done",
-                    "",
-                ),
-                rows,
-                "No deliveries.",
-            )
+        return self._html(
+            HTTPStatus.OK,
+            "deliveries.html",
+            "Deliveries",
+            "deliveries",
+            deliveries=[self._delivery_view(d) for d in deliveries],
+            links=self._filter_links("/dashboard/deliveries", self.ledger.delivery_counts(), states),
         )
-        return self._html(HTTPStatus.OK, "Deliveries", "deliveries", content)
-
-
-# --- static files (served from these strings: no build step, no package data) ------------------------------
-
-SCRIPT = r"""// spine-agent dashboard: in-place refresh and authenticated actions. No dependencies.
-"use strict";
-(function () {
-  const TOKEN_KEY = "spine-agent.admin-token"; // sessionStorage only: gone when the tab closes
-  const PAUSE_KEY = "spine-agent.refresh-paused";
-  const refreshS = Number(document.body.dataset.refreshS) || 0;
-  let busy = false;
-
-  function flash(text, kind) {
-    const box = document.getElementById("flash");
-    box.textContent = text;
-    box.className = "flash " + kind;
-    box.hidden = false;
-  }
-
-  function stamp(text) {
-    const el = document.getElementById("updated");
-    if (el) el.textContent = text;
-  }
-
-  // Fetch this page again and swap its <main>; the server escaped every value, and DOMParser never
-  // runs scripts.
-  async function reload() {
-    const response = await fetch(window.location.href, {cache: "no-store", headers: {Accept: "text/html"}});
-    if (!response.ok) throw new Error("HTTP " + response.status);
-    const doc = new DOMParser().parseFromString(await response.text(), "text/html");
-    const fresh = doc.getElementById("content");
-    const current = document.getElementById("content");
-    if (fresh && current) current.replaceWith(document.adoptNode(fresh));
-    stamp("updated " + new Date().toLocaleTimeString());
-  }
-
-  async function tick() {
-    if (busy || document.hidden || sessionStorage.getItem(PAUSE_KEY) === "1") return;
-    try {
-      await reload();
-    } catch (err) {
-      stamp("refresh failed: " + err.message);
-    }
-  }
-
-  async function act(button) {
-    const question = button.dataset.confirm;
-    if (question && !window.confirm(question)) return;
-    let token = sessionStorage.getItem(TOKEN_KEY);
-    if (!token) {
-      token = (window.prompt("Admin token (kept in this browser tab only):") || "").trim();
-      if (!token) return;
-    }
-    busy = true;
-    button.disabled = true;
-    try {
-      const response = await fetch(button.dataset.action, {
-        method: "POST",
-        cache: "no-store",
-        headers: {Authorization: "Bearer " + token},
-      });
-      let data = {};
-      try {
-        data = await response.json();
-      } catch (err) {
-        data = {};
-      }
-      if (response.ok) {
-        sessionStorage.setItem(TOKEN_KEY, token);
-        flash(data.message || "done", "ok");
-      } else {
-        if (response.status === 401) sessionStorage.removeItem(TOKEN_KEY);
-        flash(data.error || "HTTP " + response.status, "error");
-      }
-    } catch (err) {
-      flash("request failed: " + err.message, "error");
-    } finally {
-      busy = false;
-      button.disabled = false;
-    }
-    try {
-      await reload();
-    } catch (err) {
-      stamp("refresh failed: " + err.message);
-    }
-  }
-
-  document.addEventListener("click", function (event) {
-    const button = event.target.closest("button[data-action]");
-    if (button) {
-      event.preventDefault();
-      act(button);
-    }
-  });
-  const auto = document.getElementById("auto-refresh");
-  if (auto) {
-    auto.checked = sessionStorage.getItem(PAUSE_KEY) !== "1";
-    auto.addEventListener("change", function () {
-      sessionStorage.setItem(PAUSE_KEY, auto.checked ? "0" : "1");
-    });
-  }
-  const forget = document.getElementById("forget-token");
-  if (forget) {
-    forget.addEventListener("click", function () {
-      sessionStorage.removeItem(TOKEN_KEY);
-      flash("admin token forgotten", "ok");
-    });
-  }
-  if (refreshS > 0) window.setInterval(tick, refreshS * 1000);
-})();
-"""
-
-STYLE = """/* spine-agent dashboard */
-:root { --fg: #1d2430; --muted: #667085; --line: #e3e7ee; --bg: #f7f8fa; --accent: #2456a6; }
-* { box-sizing: border-box; }
-body { margin: 0; font: 14px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; color: var(--fg);
-  background: var(--bg); }
-header { display: flex; gap: 1.5rem; align-items: center; padding: .6rem 1.2rem; background: #1d2430;
-  color: #fff; }
-header a { color: #cfd8e6; text-decoration: none; }
-header a.active, header a:hover { color: #fff; }
-.brand { font-weight: 700; color: #fff !important; font-size: 1.05rem; }
-header nav { display: flex; gap: 1rem; }
-.tools { margin-left: auto; display: flex; gap: .9rem; align-items: center; font-size: .85rem; }
-.mode { padding: .1rem .5rem; border-radius: 3px; }
-.mode-readonly { background: #4b5563; }
-.mode-admin { background: #7c4a03; }
-main { padding: .5rem 1.2rem 2rem; }
-h1 { font-size: 1.35rem; display: flex; gap: .6rem; align-items: center; }
-h2 { font-size: 1.05rem; margin-top: 1.6rem; }
-table { border-collapse: collapse; width: 100%; background: #fff; border: 1px solid var(--line); }
-th, td { text-align: left; padding: .35rem .55rem; border-bottom: 1px solid var(--line);
-  vertical-align: top; }
-th { background: #eef1f6; font-weight: 600; font-size: .8rem; text-transform: uppercase; color: #475467; }
-td.uid { font-family: ui-monospace, monospace; font-size: .82rem; }
-td.reason, .reason { white-space: pre-wrap; word-break: break-word; max-width: 36rem; }
-td.empty { color: var(--muted); text-align: center; }
-a { color: var(--accent); }
-.muted { color: var(--muted); }
-.error { color: #b42318; }
-.state { display: inline-block; padding: .05rem .45rem; border-radius: 3px; font-size: .75rem;
-  font-weight: 600; letter-spacing: .02em; background: #e4e7ec; color: #344054; }
-.state-succeeded, .state-delivered { background: #d1fadf; color: #05603a; }
-.state-failed { background: #fee4e2; color: #b42318; }
-.state-running { background: #d1e9ff; color: #175cd3; }
-.state-queued, .state-pending { background: #fef0c7; color: #93370d; }
-.state-cancelled { background: #eaecf0; color: #475467; }
-.filters { display: flex; gap: .4rem; flex-wrap: wrap; margin: .4rem 0 .2rem; }
-.filters a { padding: .25rem .6rem; border: 1px solid var(--line); border-radius: 4px; background: #fff;
-  text-decoration: none; color: var(--fg); }
-.filters a.active { border-color: var(--accent); box-shadow: inset 0 0 0 1px var(--accent); }
-button { font: inherit; cursor: pointer; }
-button.action { padding: .15rem .6rem; border: 1px solid #98a2b3; border-radius: 4px; background: #fff; }
-button.action:hover { border-color: var(--accent); color: var(--accent); }
-button.quiet { background: none; border: 0; color: #cfd8e6; text-decoration: underline; padding: 0; }
-.actions { white-space: nowrap; }
-span.actions { display: inline-flex; gap: .3rem; }
-td.actions button + button { margin-left: .3rem; }
-dl.facts { display: grid; grid-template-columns: max-content 1fr; gap: .25rem 1.2rem; background: #fff;
-  border: 1px solid var(--line); padding: .8rem 1rem; margin: 0; }
-dl.facts dt { color: var(--muted); }
-dl.facts dd { margin: 0; word-break: break-all; }
-.flash { margin: .6rem 1.2rem 0; padding: .5rem .8rem; border-radius: 4px; }
-.flash.ok { background: #d1fadf; color: #05603a; }
-.flash.error { background: #fee4e2; color: #b42318; }
-footer { padding: 1rem 1.2rem; color: var(--muted); font-size: .8rem; }
-"""
