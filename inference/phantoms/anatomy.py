@@ -4,7 +4,7 @@ All geometry is a function of the spec alone (its seed and parameters), never of
 phantom generated at 4 mm has exactly the anatomy of the same phantom at 0.6 mm.
 
 Sizes: vertebral body heights, widths and disc heights follow the published figures collected in
-``shared/docs/anchors.md`` ("Real anatomy"): bodies C ~12-15 mm, T ~17-25 mm, L ~25-30 mm tall, widths
+``docs/anchors.md`` ("Real anatomy"): bodies C ~12-15 mm, T ~17-25 mm, L ~25-30 mm tall, widths
 C3 ~16 mm to L5 ~50 mm; discs C ~5 mm, T ~4-6 mm, L ~10-12 mm with L5/S1 narrower; centroids 15-18 mm
 apart in the neck, 20-28 mm in the thorax and 33-38 mm in the lumbar spine.
 """
