@@ -156,6 +156,10 @@ class ISEVNetBackbone(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Decoder features at ``config.head_level`` (full resolution for level 0)."""
+        return self.features(x)[0]
+
+    def features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(decoder features at ``config.head_level``, bottleneck features at the coarsest level)."""
         div = self.config.divisor
         if any(s % div for s in x.shape[-3:]):
             raise ValueError(f"input spatial shape {tuple(x.shape[-3:])} must be a multiple of {div}")
@@ -164,9 +168,10 @@ class ISEVNetBackbone(nn.Module):
         for down, enc in zip(self.downs, self.enc, strict=True):
             h = enc(down(h))
             skips.append(h)
+        bottleneck = h
         for i in reversed(range(self.config.head_level, self.config.levels - 1)):
             h = self.dec[i](torch.cat([self.ups[i](h), skips[i]], dim=1))
-        return h
+        return h, bottleneck
 
 
 class ISEVNet(nn.Module):
@@ -217,6 +222,47 @@ class DSNTLocaliser(nn.Module):
         coords = dsnt(heatmaps, hm_spacing) + torch.tensor(offset, device=heatmaps.device)
         presence = self.presence_head(feats).float().amax(dim=(-1, -2, -3))
         return heatmaps, coords, presence
+
+
+class VertebraLocaliser(nn.Module):
+    """Stage 2 (v0.2): one vertebra at a time, as the seed paper's DSNT module localises "individual
+    vertebrae".
+
+    Input: a crop centred near one vertebra. Outputs ``(heatmap, coords_mm, class_logits)``: ONE heatmap
+    (flat softmax) whose DSNT expectation is the body centroid of the vertebra nearest the crop centre,
+    in crop millimetres ``(i, j, k)``; and logits over ``out_channels`` classes: the vertebra's level
+    (the engine's labels in anatomical order) plus a last class "no vertebra here" (a crop on other bone,
+    or on a vertebra cut by the edge of the scan). The level logits come from the pooled bottleneck,
+    which sees the whole crop (a few neighbours, ribs, sacrum) - the evidence the chain labelling weighs.
+    """
+
+    def __init__(self, config: NetworkConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.backbone = ISEVNetBackbone(config)
+        self.heatmap_head = nn.Conv3d(config.head_channels, 1, 1)
+        deep = config.base * 2 ** (config.levels - 1)
+        self.class_head = nn.Sequential(
+            nn.Linear(2 * deep, 64), nn.PReLU(64), nn.Dropout(0.1), nn.Linear(64, config.out_channels)
+        )
+
+    def heatmap_geometry(self, spacing: tuple[float, float, float]
+                         ) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+        """(spacing, offset) in mm of the heatmap voxels in the crop frame (as DSNTLocaliser's)."""
+        s = self.config.head_stride
+        hs = (spacing[0] * s, spacing[1] * s, spacing[2] * s)
+        off = tuple(0.5 * (s - 1) * v for v in spacing)
+        return hs, (off[0], off[1], off[2])
+
+    def forward(
+        self, x: torch.Tensor, spacing: tuple[float, float, float]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        feats, deep = self.backbone.features(x)
+        heatmap = flat_softmax(self.heatmap_head(feats))
+        hm_spacing, offset = self.heatmap_geometry(spacing)
+        coords = dsnt(heatmap, hm_spacing) + torch.tensor(offset, device=heatmap.device)
+        pooled = torch.cat([deep.float().mean(dim=(-1, -2, -3)), deep.float().amax(dim=(-1, -2, -3))], dim=1)
+        return heatmap, coords, self.class_head(pooled)
 
 
 def count_parameters(model: nn.Module) -> int:
