@@ -1,9 +1,11 @@
 """The two-stage engine: ``Engine.from_weights(dir).predict(volume) -> Result``.
 
 Stage 1 (ISE-VNet) segments the vertebral column on a world-aligned ~4 mm grid with overlapping
-sliding windows; the mask's bounding box plus a margin is the region of interest (ROI). Stage 2 (3D
-DSNT) resamples the ROI at ~2 mm, runs overlapping crops, and merges each label's crop answers by a
-presence-weighted average; post-processing enforces anatomy and calibrates confidences.
+sliding windows; seed points every ~12 mm along the segmented column start stage 2. Stage 2 (3D DSNT,
+one vertebra at a time) looks at a 128 mm crop around each seed and answers with the body centroid of
+the nearest vertebra and its level evidence; crops are re-centred on their answer until they settle, and
+answers on one vertebra are merged. The chain labelling (``inference.chain``) then names the whole
+column at once.
 
 The engine is a plain library: no DICOM networking, no database. Build it once and reuse it.
 """
@@ -24,12 +26,11 @@ import numpy.typing as npt
 import torch
 from scipy import ndimage
 
-from dicom_io.result import Result
+from dicom_io.result import Landmark, Result
 from dicom_io.volume import Volume
-from inference.engine.dsnt import heatmap_spread_mm
-from inference.engine.networks import DSNTLocaliser, ISEVNet
-from inference.engine.plan import HU_OUTSIDE, EnginePlan, Stage1Plan, normalise_hu
-from inference.engine.postprocess import Candidate, postprocess
+from inference.engine.chain import label_chain
+from inference.engine.networks import ISEVNet, VertebraLocaliser
+from inference.engine.plan import HU_OUTSIDE, EnginePlan, Stage1Plan, Stage2Plan, normalise_hu
 from inference.engine.resample import Grid, resample, volume_bounds_lps, world_box_grid
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,8 @@ log = logging.getLogger(__name__)
 #: Where shipped weights live: ``weights/<version>/`` at the repository root.
 WEIGHTS_ROOT = Path(__file__).resolve().parents[2] / "weights"
 CHECKSUM_FILE = "SHA256SUMS"
+#: Stage-2 crops per forward pass.
+CROP_BATCH = 8
 #: Stage-1 windows whose densest voxel is below this (HU) are air only and skipped.
 AIR_HU = -500.0
 
@@ -130,32 +133,89 @@ def largest_components(mask: npt.NDArray[np.bool_], keep_fraction: float = 0.2) 
     return np.isin(lab, keep)
 
 
-def roi_box(mask: npt.NDArray[np.bool_], grid: Grid, margin_mm: float
-            ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]] | None:
-    """World (LPS) bounding box of a mask on ``grid`` plus a margin; None for an empty mask."""
-    idx = np.argwhere(mask)
-    if idx.size == 0:
-        return None
-    lo_kji, hi_kji = idx.min(axis=0), idx.max(axis=0)
-    corners = np.array([[i, j, k] for i in (lo_kji[2], hi_kji[2]) for j in (lo_kji[1], hi_kji[1])
-                        for k in (lo_kji[0], hi_kji[0])], dtype=np.float64)
-    pts = grid.index_to_lps(corners)
-    half_voxel = 0.5 * max(grid.spacing)
-    return pts.min(axis=0) - margin_mm - half_voxel, pts.max(axis=0) + margin_mm + half_voxel
+def seed_points(mask: npt.NDArray[np.bool_], grid: Grid, step_mm: float) -> npt.NDArray[np.float64]:
+    """Points (LPS mm) every ``step_mm`` along the segmented column, head to foot.
+
+    The grid's k axis points superior. The mask is cut into slabs of ``step_mm``; in each slab the
+    connected part of the column nearest the previous seed (the largest one for the first slab) gives
+    the seed, so bone that stage 1 confuses with spine beside the column does not drag the seeds off it.
+    """
+    n_k = mask.shape[0]
+    per = max(1, int(round(step_mm / grid.spacing[2])))
+    seeds: list[npt.NDArray[np.float64]] = []
+    prev: npt.NDArray[np.float64] | None = None
+    for k0 in range(n_k - 1, -1, -per):
+        slab = mask[max(0, k0 - per + 1):k0 + 1]
+        proj = slab.any(axis=0)
+        if not proj.any():
+            continue
+        lab, n = ndimage.label(proj)
+        best, best_score = 0, None
+        for c in range(1, n + 1):
+            jj, ii = np.nonzero(lab == c)
+            centre_ij = np.array([ii.mean(), jj.mean()])
+            if prev is None:
+                score = -float(len(ii))
+            else:
+                score = float(np.linalg.norm((centre_ij - prev) * np.asarray(grid.spacing[:2])))
+            if best_score is None or score < best_score:
+                best, best_score = c, score
+        jj, ii = np.nonzero(lab == best)
+        prev = np.array([ii.mean(), jj.mean()])
+        k_mid = max(0, k0 - per + 1) + (min(per, k0 + 1) - 1) / 2
+        seeds.append(grid.index_to_lps([prev[0], prev[1], k_mid]))
+    return np.array(seeds, dtype=np.float64).reshape(-1, 3)
+
+
+def crop_grid_at(centre: npt.ArrayLike, plan: Stage2Plan) -> Grid:
+    """A world-aligned stage-2 crop grid centred on ``centre`` (LPS mm)."""
+    sp = plan.spacing_mm
+    aff = np.eye(4)
+    aff[:3, :3] *= sp
+    half = (np.asarray(plan.crop[::-1], dtype=np.float64) - 1) / 2 * sp
+    aff[:3, 3] = np.asarray(centre, dtype=np.float64) - half
+    return Grid(plan.crop, aff)
 
 
 @dataclass
-class _Stage2Tile:
-    grid: Grid
-    coords_lps: npt.NDArray[np.float64]  # (C, 3)
-    presence: npt.NDArray[np.float64]  # (C,)
-    spread_mm: npt.NDArray[np.float64]  # (C,)
+class Vertebra:
+    """One vertebra found by stage 2: body centroid, level probabilities, how many crops agreed."""
+
+    position_lps: npt.NDArray[np.float64]
+    probs: npt.NDArray[np.float64]  # over plan.labels (renormalised without "none")
+    p_none: float
+    votes: int
+
+
+def merge_answers(points: npt.NDArray[np.float64], probs: npt.NDArray[np.float64], merge_mm: float
+                  ) -> list[Vertebra]:
+    """Answers closer than ``merge_mm`` are one vertebra (most certain first); averaged."""
+    order = np.argsort(probs[:, -1])
+    used = np.zeros(len(points), bool)
+    out: list[Vertebra] = []
+    for n in order:
+        if used[n]:
+            continue
+        near = (~used) & (np.linalg.norm(points - points[n], axis=1) < merge_mm)
+        used |= near
+        p = probs[near].mean(axis=0)
+        levels = p[:-1] / max(float(p[:-1].sum()), 1e-12)
+        out.append(Vertebra(points[near].mean(axis=0), levels, float(p[-1]), int(near.sum())))
+    return out
+
+
+def inside_margin(volume: Volume, point: npt.ArrayLike, margin_mm: float) -> bool:
+    """Whether ``point`` lies at least ``margin_mm`` inside the scanned volume along each voxel axis."""
+    ijk = volume.lps_to_index(point)
+    n = np.asarray(volume.shape[::-1], dtype=np.float64)
+    sp = np.asarray(volume.spacing, dtype=np.float64)
+    return bool(np.all(ijk * sp >= margin_mm) and np.all((n - 1 - ijk) * sp >= margin_mm))
 
 
 class Engine:
     """Both stages with their plan, on one device. Thread-compatible, not thread-safe."""
 
-    def __init__(self, plan: EnginePlan, stage1: ISEVNet, stage2: DSNTLocaliser,
+    def __init__(self, plan: EnginePlan, stage1: ISEVNet, stage2: VertebraLocaliser,
                  device: torch.device | None = None) -> None:
         self.plan = plan
         self.device = device or pick_device()
@@ -173,7 +233,7 @@ class Engine:
             verify_checksums(path)
         plan = EnginePlan.load(path)
         stage1 = ISEVNet(plan.stage1.network)
-        stage2 = DSNTLocaliser(plan.stage2.network)
+        stage2 = VertebraLocaliser(plan.stage2.network)
         for net, name in ((stage1, plan.stage1.weights), (stage2, plan.stage2.weights)):
             try:
                 state = torch.load(path / name, map_location="cpu", weights_only=True)
@@ -212,34 +272,69 @@ class Engine:
 
     # --- stage 2 --------------------------------------------------------------------------------------
 
-    def roi_grid(self, lo: npt.NDArray[np.float64], hi: npt.NDArray[np.float64]) -> Grid:
-        p = self.plan.stage2
-        return world_box_grid(lo, hi, p.spacing_mm, multiple=p.network.divisor, min_shape=p.crop)
-
     @torch.inference_mode()
-    def localise(self, volume: Volume, roi: Grid) -> list[Candidate]:
-        """Stage 2 on the ROI grid: merged per-label candidates (LPS mm, presence, spread)."""
+    def crops(self, volume: Volume, centres: npt.NDArray[np.float64]
+              ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+        """Stage 2 on crops centred at ``centres``: (body centroids LPS ``(N, 3)``, class probabilities
+        ``(N, labels + 1)``, the last column "no vertebra")."""
         p = self.plan.stage2
-        image = normalise_hu(resample(volume.array, volume.affine, roi, fill=HU_OUTSIDE))
-        stride = tuple(c - o for c, o in zip(p.crop, p.overlap, strict=True))
-        tiles: list[_Stage2Tile] = []
-        ck, cj, ci = p.crop
-        for k, j, i in tiles_3d(image.shape, p.crop, stride):  # type: ignore[arg-type]
-            crop_grid = roi.sub_grid((k, j, i), p.crop)
-            x = torch.from_numpy(np.ascontiguousarray(image[k:k + ck, j:j + cj, i:i + ci]))[None, None]
-            spacing = crop_grid.spacing
+        points = np.zeros((len(centres), 3))
+        probs = np.zeros((len(centres), len(p.labels) + 1))
+        for b0 in range(0, len(centres), CROP_BATCH):
+            grids = [crop_grid_at(c, p) for c in centres[b0:b0 + CROP_BATCH]]
+            images = [normalise_hu(resample(volume.array, volume.affine, g, fill=HU_OUTSIDE)) for g in grids]
+            x = torch.from_numpy(np.stack(images))[:, None].to(self.device)
             with _autocast(self.device):
-                heatmaps, coords, presence = self.stage2(x.to(self.device), spacing)
-            hm_spacing, offset = self.stage2.heatmap_geometry(spacing)
-            centre = coords.float() - torch.tensor(offset, device=coords.device)
-            spread = heatmap_spread_mm(heatmaps.float(), hm_spacing, centre)
-            tiles.append(_Stage2Tile(
-                grid=crop_grid,
-                coords_lps=crop_grid.mm_to_lps(coords[0].float().cpu().numpy().astype(np.float64)),
-                presence=torch.sigmoid(presence[0].float()).cpu().numpy().astype(np.float64),
-                spread_mm=spread[0].cpu().numpy().astype(np.float64),
-            ))
-        return merge_tiles(tiles, p.labels)
+                _, coords, logits = self.stage2(x, grids[0].spacing)
+            mm = coords.float().cpu().numpy().astype(np.float64)
+            for n, g in enumerate(grids):
+                points[b0 + n] = g.mm_to_lps(mm[n])
+            probs[b0:b0 + len(grids)] = torch.softmax(logits.float(), dim=1).cpu().numpy()
+        return points, probs
+
+    def find_vertebrae(self, volume: Volume, seeds: npt.NDArray[np.float64]) -> list[Vertebra]:
+        """Seeds -> settled crop answers -> one entry per vertebra (cut vertebrae at the edge dropped)."""
+        p = self.plan.stage2
+        active = np.arange(len(seeds))
+        current = seeds.copy()
+        final_pts = np.zeros_like(seeds)
+        final_probs = np.zeros((len(seeds), len(p.labels) + 1))
+        keep = np.zeros(len(seeds), bool)
+        for it in range(p.max_iters):
+            if active.size == 0:
+                break
+            pts, probs = self.crops(volume, current[active])
+            moved = np.linalg.norm(pts - current[active], axis=1)
+            final_pts[active] = pts
+            final_probs[active] = probs
+            keep[active] = probs[:, -1] < p.none_threshold
+            settled = (moved < p.converge_mm) | (probs[:, -1] >= p.none_threshold) | (it == p.max_iters - 1)
+            current[active] = pts
+            active = active[~settled]
+            # Seeds that have walked onto the same vertebra need not walk on together.
+            distinct: list[int] = []
+            for n in active:
+                if all(np.linalg.norm(current[n] - current[m]) >= p.converge_mm * 2 for m in distinct):
+                    distinct.append(int(n))
+            active = np.array(distinct, dtype=np.int64)
+        found = merge_answers(final_pts[keep], final_probs[keep], p.merge_mm)
+        return [v for v in found if inside_margin(volume, v.position_lps, p.edge_margin_mm)]
+
+    def name_chain(self, vertebrae: list[Vertebra]) -> list[Landmark]:
+        """Label the found vertebrae as one chain (cranial first), confidence = P(assigned level)."""
+        if not vertebrae:
+            return []
+        verts = sorted(vertebrae, key=lambda v: -float(v.position_lps[2]))
+        pos = np.stack([v.position_lps for v in verts])
+        logp = np.log(np.clip(np.stack([v.probs for v in verts]), 1e-6, 1.0))
+        chain = label_chain(pos, logp, self.plan.stage2.labels, self.plan.chain)
+        index = {lab: c for c, lab in enumerate(self.plan.stage2.labels)}
+        out = []
+        for v, lab in zip(verts, chain.labels, strict=False):
+            conf = float(v.probs[index[lab]]) * (1.0 - v.p_none)
+            x, y, z = (float(t) for t in v.position_lps)
+            out.append(Landmark(label=lab, position_lps=(x, y, z), confidence=conf))
+        return out
 
     # --- whole pipeline -------------------------------------------------------------------------------
 
@@ -249,22 +344,17 @@ class Engine:
         t0 = time.perf_counter()
         grid, prob = self.segment_coarse(volume)
         coarse_mask = largest_components(prob >= self.plan.stage1.threshold)
-        box = roi_box(coarse_mask, grid, self.plan.stage1.roi_margin_mm)
         mask = self._mask_on_volume_grid(volume, grid, np.where(coarse_mask, prob, 0.0).astype(np.float32))
+        seeds = seed_points(coarse_mask, grid, self.plan.stage2.seed_step_mm)
         timings["stage1"] = time.perf_counter() - t0
-        if box is None:
-            log.info("stage 1 found no spine; no landmarks")
-            timings["stage2"] = 0.0
-            timings["postprocess"] = 0.0
-            return Result(mask=mask, landmarks=[], timings=timings, model_version=self.plan.version)
         t1 = time.perf_counter()
-        candidates = self.localise(volume, self.roi_grid(*box))
+        vertebrae = self.find_vertebrae(volume, seeds) if len(seeds) else []
         timings["stage2"] = time.perf_counter() - t1
         t2 = time.perf_counter()
-        landmarks = postprocess(candidates, self.plan.stage2.presence_threshold, self.plan.confidence)
+        landmarks = self.name_chain(vertebrae)
         timings["postprocess"] = time.perf_counter() - t2
-        log.info("engine %s: %d landmarks (stage1 %.2f s, stage2 %.2f s)", self.plan.version, len(landmarks),
-                 timings["stage1"], timings["stage2"])
+        log.info("engine %s: %d landmarks from %d seeds (stage1 %.2f s, stage2 %.2f s)", self.plan.version,
+                 len(landmarks), len(seeds), timings["stage1"], timings["stage2"])
         return Result(mask=mask, landmarks=landmarks, timings=timings, model_version=self.plan.version)
 
     def _mask_on_volume_grid(self, volume: Volume, grid: Grid, prob: npt.NDArray[np.float32]
@@ -277,27 +367,3 @@ class Engine:
         threshold = int(round(self.plan.stage1.threshold * 255))
         np.greater_equal(out, threshold, out=out.view(np.bool_))
         return out.astype(np.uint8, copy=False)
-
-
-def merge_tiles(tiles: list[_Stage2Tile], labels: tuple[int, ...]) -> list[Candidate]:
-    """Presence-weighted average of each label's position over the crops that see it."""
-    out: list[Candidate] = []
-    if not tiles:
-        return out
-    pres = np.stack([t.presence for t in tiles])  # (T, C)
-    pos = np.stack([t.coords_lps for t in tiles])  # (T, C, 3)
-    spr = np.stack([t.spread_mm for t in tiles])  # (T, C)
-    for c, label in enumerate(labels):
-        p = pres[:, c]
-        best = float(p.max())
-        # Crops that are nearly as sure as the best one vote; weights are their presence probabilities.
-        w = np.where(p >= 0.5 * best, p, 0.0)
-        if w.sum() <= 0:
-            continue
-        w = w / w.sum()
-        position = (w[:, None] * pos[:, c]).sum(axis=0)
-        spread = float((w * spr[:, c]).sum())
-        out.append(Candidate(label=label, position_lps=(float(position[0]), float(position[1]),
-                                                        float(position[2])),
-                             presence=best, spread_mm=spread))
-    return out

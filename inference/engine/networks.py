@@ -1,4 +1,4 @@
-"""The two networks: ISE-VNet (stage 1, spine mask) and the 3D DSNT localiser (stage 2).
+"""The two networks: ISE-VNet (stage 1, spine mask) and the per-vertebra 3D DSNT localiser (stage 2).
 
 Both are rebuilt from a small JSON-able config (:class:`NetworkConfig`) stored beside the weights.
 The building blocks follow Milletari et al. 2016 (V-Net: residual stages, strided-conv down-sampling,
@@ -156,6 +156,10 @@ class ISEVNetBackbone(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Decoder features at ``config.head_level`` (full resolution for level 0)."""
+        return self.features(x)[0]
+
+    def features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(decoder features at ``config.head_level``, bottleneck features at the coarsest level)."""
         div = self.config.divisor
         if any(s % div for s in x.shape[-3:]):
             raise ValueError(f"input spatial shape {tuple(x.shape[-3:])} must be a multiple of {div}")
@@ -164,9 +168,10 @@ class ISEVNetBackbone(nn.Module):
         for down, enc in zip(self.downs, self.enc, strict=True):
             h = enc(down(h))
             skips.append(h)
+        bottleneck = h
         for i in reversed(range(self.config.head_level, self.config.levels - 1)):
             h = self.dec[i](torch.cat([self.ups[i](h), skips[i]], dim=1))
-        return h
+        return h, bottleneck
 
 
 class ISEVNet(nn.Module):
@@ -184,20 +189,27 @@ class ISEVNet(nn.Module):
         return self.head(self.backbone(x))
 
 
-class DSNTLocaliser(nn.Module):
-    """Stage 2: one heatmap per vertebra label plus a presence logit per label.
+class VertebraLocaliser(nn.Module):
+    """Stage 2 (v0.2): one vertebra at a time, as the seed paper's DSNT module localises "individual
+    vertebrae".
 
-    ``forward(x, spacing)`` returns ``(heatmaps, coords_mm, presence_logits)``: heatmaps ``(B, C, D, H, W)``
-    after the flat softmax, coordinates ``(B, C, 3)`` in crop millimetres (i, j, k), presence ``(B, C)``.
-    The presence logit is the spatial maximum of a 1x1x1 projection, so it too works at any crop size.
+    Input: a crop centred near one vertebra. Outputs ``(heatmap, coords_mm, class_logits)``: ONE heatmap
+    (flat softmax) whose DSNT expectation is the body centroid of the vertebra nearest the crop centre,
+    in crop millimetres ``(i, j, k)``; and logits over ``out_channels`` classes: the vertebra's level
+    (the engine's labels in anatomical order) plus a last class "no vertebra here" (a crop on other bone,
+    or on a vertebra cut by the edge of the scan). The level logits come from the pooled bottleneck,
+    which sees the whole crop (a few neighbours, ribs, sacrum) - the evidence the chain labelling weighs.
     """
 
     def __init__(self, config: NetworkConfig) -> None:
         super().__init__()
         self.config = config
         self.backbone = ISEVNetBackbone(config)
-        self.heatmap_head = nn.Conv3d(config.head_channels, config.out_channels, 1)
-        self.presence_head = nn.Conv3d(config.head_channels, config.out_channels, 1)
+        self.heatmap_head = nn.Conv3d(config.head_channels, 1, 1)
+        deep = config.base * 2 ** (config.levels - 1)
+        self.class_head = nn.Sequential(
+            nn.Linear(2 * deep, 64), nn.PReLU(64), nn.Dropout(0.1), nn.Linear(64, config.out_channels)
+        )
 
     def heatmap_geometry(self, spacing: tuple[float, float, float]
                          ) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
@@ -211,12 +223,12 @@ class DSNTLocaliser(nn.Module):
     def forward(
         self, x: torch.Tensor, spacing: tuple[float, float, float]
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        feats = self.backbone(x)
-        heatmaps = flat_softmax(self.heatmap_head(feats))
+        feats, deep = self.backbone.features(x)
+        heatmap = flat_softmax(self.heatmap_head(feats))
         hm_spacing, offset = self.heatmap_geometry(spacing)
-        coords = dsnt(heatmaps, hm_spacing) + torch.tensor(offset, device=heatmaps.device)
-        presence = self.presence_head(feats).float().amax(dim=(-1, -2, -3))
-        return heatmaps, coords, presence
+        coords = dsnt(heatmap, hm_spacing) + torch.tensor(offset, device=heatmap.device)
+        pooled = torch.cat([deep.float().mean(dim=(-1, -2, -3)), deep.float().amax(dim=(-1, -2, -3))], dim=1)
+        return heatmap, coords, self.class_head(pooled)
 
 
 def count_parameters(model: nn.Module) -> int:

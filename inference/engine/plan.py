@@ -15,8 +15,8 @@ import numpy as np
 import numpy.typing as npt
 
 from dicom_io.labels import ENGINE_LABELS
+from inference.engine.chain import ChainPrior
 from inference.engine.networks import NetworkConfig
-from inference.engine.postprocess import ConfidenceCalibration
 
 PLAN_FILE = "engine.json"
 
@@ -63,40 +63,54 @@ class Stage1Plan:
 
 @dataclass(frozen=True)
 class Stage2Plan:
-    """Fine per-vertebra localisation (3D DSNT) inside the ROI."""
+    """Per-vertebra localisation and level evidence (3D DSNT on one vertebra at a time).
 
-    network: NetworkConfig = field(default_factory=lambda: NetworkConfig(out_channels=len(ENGINE_LABELS),
+    Crops of ``crop`` voxels at ``spacing_mm`` are centred on seed points along the stage-1 spine; each
+    answers "where is the body centroid of the vertebra nearest my centre, and which level is it (or
+    none)". A crop is re-centred on its answer until it moves less than ``converge_mm`` (at most
+    ``max_iters`` times); answers closer than ``merge_mm`` are one vertebra.
+    """
+
+    network: NetworkConfig = field(default_factory=lambda: NetworkConfig(out_channels=len(ENGINE_LABELS) + 1,
                                                                          base=8, levels=4,
                                                                          convs_per_level=(1, 2, 2, 2),
                                                                          head_level=1))
     spacing_mm: float = 2.0
-    #: Crop (k, j, i) in voxels, and the overlap between neighbouring crops.
-    crop: tuple[int, int, int] = (96, 64, 64)
-    overlap: tuple[int, int, int] = (32, 16, 16)
+    crop: tuple[int, int, int] = (64, 64, 64)
     labels: tuple[int, ...] = ENGINE_LABELS
-    presence_threshold: float = 0.5
+    #: Seed points every this many mm along the stage-1 spine.
+    seed_step_mm: float = 12.0
+    max_iters: int = 3
+    converge_mm: float = 2.0
+    merge_mm: float = 10.0
+    #: A crop whose "no vertebra" probability reaches this is dropped.
+    none_threshold: float = 0.5
+    #: Landmarks closer than this to the edge of the scanned volume are dropped (cut vertebrae).
+    edge_margin_mm: float = 8.0
     #: Sigma of the Gaussian the JS term pulls heatmaps towards (mm).
     sigma_mm: float = 4.0
     weights: str = "stage2.pt"
 
     def __post_init__(self) -> None:
-        if self.network.out_channels != len(self.labels):
-            raise ValueError(f"stage 2 network has {self.network.out_channels} outputs for "
-                             f"{len(self.labels)} labels")
+        if self.network.out_channels != len(self.labels) + 1:
+            raise ValueError(f"stage 2 network has {self.network.out_channels} classes for "
+                             f"{len(self.labels)} labels + 'none'")
 
     def to_json(self) -> dict[str, Any]:
         return {"network": self.network.to_json(), "spacing_mm": self.spacing_mm, "crop": list(self.crop),
-                "overlap": list(self.overlap), "labels": list(self.labels),
-                "presence_threshold": self.presence_threshold, "sigma_mm": self.sigma_mm,
-                "weights": self.weights}
+                "labels": list(self.labels), "seed_step_mm": self.seed_step_mm, "max_iters": self.max_iters,
+                "converge_mm": self.converge_mm, "merge_mm": self.merge_mm,
+                "none_threshold": self.none_threshold, "edge_margin_mm": self.edge_margin_mm,
+                "sigma_mm": self.sigma_mm, "weights": self.weights}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Stage2Plan:
         return cls(network=NetworkConfig.from_json(d["network"]), spacing_mm=float(d["spacing_mm"]),
-                   crop=_triple(d["crop"]), overlap=_triple(d["overlap"]),
-                   labels=tuple(int(v) for v in d["labels"]),
-                   presence_threshold=float(d["presence_threshold"]), sigma_mm=float(d["sigma_mm"]),
-                   weights=str(d["weights"]))
+                   crop=_triple(d["crop"]), labels=tuple(int(v) for v in d["labels"]),
+                   seed_step_mm=float(d["seed_step_mm"]), max_iters=int(d["max_iters"]),
+                   converge_mm=float(d["converge_mm"]), merge_mm=float(d["merge_mm"]),
+                   none_threshold=float(d["none_threshold"]), edge_margin_mm=float(d["edge_margin_mm"]),
+                   sigma_mm=float(d["sigma_mm"]), weights=str(d["weights"]))
 
 
 @dataclass(frozen=True)
@@ -104,17 +118,19 @@ class EnginePlan:
     version: str = "dev"
     stage1: Stage1Plan = field(default_factory=Stage1Plan)
     stage2: Stage2Plan = field(default_factory=Stage2Plan)
-    confidence: ConfidenceCalibration = field(default_factory=ConfidenceCalibration)
+    chain: ChainPrior = field(default_factory=ChainPrior)
 
     def to_json(self) -> dict[str, Any]:
         return {"version": self.version, "stage1": self.stage1.to_json(), "stage2": self.stage2.to_json(),
-                "confidence": self.confidence.to_json()}
+                "chain": self.chain.to_json()}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> EnginePlan:
+        if "chain" not in d:
+            raise ValueError("engine plan without a 'chain' section (weights older than v0.2 are not "
+                             "supported by this engine)")
         return cls(version=str(d["version"]), stage1=Stage1Plan.from_json(d["stage1"]),
-                   stage2=Stage2Plan.from_json(d["stage2"]),
-                   confidence=ConfidenceCalibration.from_json(d.get("confidence", {"a": 1, "b": 0, "c": 0})))
+                   stage2=Stage2Plan.from_json(d["stage2"]), chain=ChainPrior.from_json(d["chain"]))
 
     def save(self, directory: Path) -> Path:
         path = Path(directory) / PLAN_FILE

@@ -1,9 +1,12 @@
 """Compose a phantom: soft tissue on a coarse grid, bones painted at full resolution, then CT artefacts.
 
-Ground truth: each vertebra's centroid is the centre of mass of its own solid (the full, uncropped
-vertebra, as VerSe annotates it), computed on a fixed 1 mm world grid that does not depend on the image
-grid, so the same seed gives the same centroids at any spacing. A vertebra is part of the ground truth
-when its centroid lies inside the field of view (between the first and last voxel centres).
+Ground truth: each vertebra's landmark is the centroid of its vertebral BODY, as VerSe annotates it (the
+VerSe JSON points lie 10-14 mm anterior of the whole-mask centre of mass and within ~1 mm of the body's
+centroid; see docs/engine.md). It is the centre of mass of the body solid (for C1, which has no body, of
+the whole atlas), computed on a fixed world grid that does not depend on the image grid, so the same
+seed gives the same landmarks at any spacing. A vertebra is part of the ground truth when its landmark
+lies inside the field of view by at least ``EDGE_MARGIN_MM`` (VerSe labels no vertebra cut by the edge
+of the scan).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from scipy import ndimage
 from dicom_io.volume import Volume
 from inference.phantoms.anatomy import Skeleton, Structure, build_skeleton, level_positions
 from inference.phantoms.artefacts import add_noise, add_streaks
-from inference.phantoms.shapes import Grid, Primitive, bounds_of, union_sdf
+from inference.phantoms.shapes import Grid, Primitive, VertebralBody, bounds_of, union_sdf
 from inference.phantoms.spec import PhantomSpec
 from inference.phantoms.streams import STREAM_DETAIL, STREAM_NOISE, stream
 from inference.phantoms.tissue import build_tissues, paint_tissue
@@ -36,6 +39,8 @@ SOFT_TISSUE_MM = 3.5
 TILE = 24
 #: Spacing (mm) of the fixed world grid on which ground-truth centroids are computed.
 CENTROID_GRID_MM = 1.5
+#: A landmark closer than this to the edge of the field of view is not part of the ground truth.
+EDGE_MARGIN_MM = 8.0
 #: Lowest and highest stored HU (12-bit CT range with the usual -1024 intercept, extended for metal).
 HU_MIN, HU_MAX = -1024.0, 3071.0
 
@@ -333,9 +338,18 @@ def trabecular_texture(spec: PhantomSpec, grid: Grid) -> F32 | None:
     return (tile * np.float32(amplitude / max(float(tile.std()), 1e-6))).astype(np.float32)
 
 
-def vertebra_centroid(st: Structure) -> F64:
-    """Centre of mass (LPS mm) of a vertebra's solid, on a fixed 1 mm world grid (sub-voxel weighted)."""
-    lo, hi = bounds_of(st.prims)
+def body_prims(st: Structure) -> list[Primitive]:
+    """The primitives of a vertebra's body (all of them for C1, which has none)."""
+    body: list[Primitive] = [p for p in st.prims if isinstance(p, VertebralBody)]
+    return body or list(st.prims)
+
+
+def vertebra_centroid(st: Structure, body_only: bool = True) -> F64:
+    """Centre of mass (LPS mm) of a vertebra's body (``body_only``) or whole solid, on a fixed world grid
+    (sub-voxel weighted)."""
+    prims = body_prims(st) if body_only else list(st.prims)
+    blend = 0.0 if body_only else st.blend
+    lo, hi = bounds_of(prims)
     h = CENTROID_GRID_MM
     origin = np.floor(lo / h) * h - h
     n = np.ceil((hi - origin) / h).astype(int) + 2
@@ -343,7 +357,7 @@ def vertebra_centroid(st: Structure) -> F64:
         (float(origin[0]), float(origin[1]), float(origin[2])), (h, h, h), (int(n[2]), int(n[1]), int(n[0]))
     )
     box = (slice(0, ref.shape[0]), slice(0, ref.shape[1]), slice(0, ref.shape[2]))
-    d = union_sdf(st.prims, ref, box, margin=2.0 * h + st.blend, blend=st.blend)
+    d = union_sdf(prims, ref, box, margin=2.0 * h + blend, blend=blend)
     occ = np.clip(0.5 - d / np.float32(h), 0.0, 1.0).astype(np.float64)
     total = occ.sum()
     if total <= 0:
@@ -355,7 +369,7 @@ def vertebra_centroid(st: Structure) -> F64:
 
 
 def vertebra_centroids(skeleton: Skeleton, grid: Grid) -> dict[int, tuple[float, float, float]]:
-    """Centroids of the vertebrae whose centroid lies inside the grid's field of view."""
+    """Body centroids of the vertebrae whose body centroid lies ``EDGE_MARGIN_MM`` inside the view."""
     lo, hi = grid.world_bounds()
     out: dict[int, tuple[float, float, float]] = {}
     for st in skeleton.vertebrae:
@@ -363,6 +377,6 @@ def vertebra_centroids(skeleton: Skeleton, grid: Grid) -> dict[int, tuple[float,
         if np.any(hi_s < lo) or np.any(lo_s > hi):
             continue
         c = vertebra_centroid(st)
-        if np.all(c >= lo - 1e-6) and np.all(c <= hi + 1e-6):
+        if np.all(c >= lo + EDGE_MARGIN_MM) and np.all(c <= hi - EDGE_MARGIN_MM):
             out[st.label] = (float(c[0]), float(c[1]), float(c[2]))
     return out

@@ -18,7 +18,8 @@ import numpy.typing as npt
 
 from dicom_io.volume import Volume
 from inference.engine.plan import HU_OUTSIDE, Stage1Plan, Stage2Plan, normalise_hu
-from inference.engine.resample import Grid, random_rotation, resample, volume_bounds_lps, world_box_grid
+from inference.engine.resample import Grid, random_rotation, resample, volume_bounds_lps
+from inference.training.augment import AppearanceRanges, cut_field_of_view, random_appearance
 
 log = logging.getLogger(__name__)
 
@@ -162,10 +163,12 @@ def augment_intensity(hu: npt.NDArray[Any], rng: np.random.Generator) -> npt.NDA
 
 def _random_grid_affine(centre: npt.NDArray[np.float64], shape: tuple[int, int, int], spacing: float,
                         rng: np.random.Generator, augment: bool) -> Grid:
-    rot = random_rotation(rng, 10.0) if augment else np.eye(3)
-    sp = spacing * (rng.uniform(0.9, 1.1) if augment else 1.0)
+    """A sampling grid around ``centre``; augmented: rotated (+-15 degrees) and scaled per axis (0.85-1.15,
+    so vertebra sizes and aspect ratios vary beyond the generator's own range)."""
+    rot = random_rotation(rng, 15.0) if augment else np.eye(3)
+    sp = spacing * (rng.uniform(0.85, 1.15, size=3) if augment else np.ones(3))
     aff = np.eye(4)
-    aff[:3, :3] = rot * sp
+    aff[:3, :3] = rot * sp[None, :]
     half = (np.asarray(shape[::-1], dtype=np.float64) - 1) / 2
     aff[:3, 3] = centre - aff[:3, :3] @ half
     return Grid(shape, aff)
@@ -184,60 +187,62 @@ def stage1_sample(subject: Subject, plan: Stage1Plan, rng: np.random.Generator, 
     hu = resample(subject.volume.array, subject.volume.affine, grid, fill=HU_OUTSIDE)
     lab = resample(subject.labels, subject.volume.affine, grid, nearest=True, fill=0, dtype=np.uint8)
     if augment:
-        hu = augment_intensity(hu, rng)
+        hu = random_appearance(hu, plan.spacing_mm, rng)
+        if subject.centroids and rng.random() < AppearanceRanges().p_fov_cut:
+            pts = np.stack(list(subject.centroids.values()))
+            near = pts[np.argmin(np.linalg.norm(pts - centre, axis=1))]
+            cut_field_of_view(hu, lab, grid.lps_to_index(near)[::-1], plan.spacing_mm, rng)
     return normalise_hu(hu)[None], (lab > 0).astype(np.float32)[None]
 
 
 @dataclass
 class Stage2Sample:
     image: npt.NDArray[np.float32]  # (1, D, H, W)
-    target_mm: npt.NDArray[np.float32]  # (C, 3) crop-frame mm (i, j, k); 0 where absent
-    present: npt.NDArray[np.bool_]  # (C,)
+    target_mm: npt.NDArray[np.float32]  # (3,) crop-frame mm (i, j, k) of the nearest body centroid
+    has_target: bool  # a vertebra's body centroid lies within POSITIVE_MM of the crop centre
+    cls: int  # index into plan.labels, or len(plan.labels) for "no vertebra here"
     spacing: tuple[float, float, float]
 
 
-def gt_roi(subject: Subject, margin_mm: float) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
-    """World bounding box of the labelled vertebrae plus a margin (what stage 1 should find)."""
-    idx = np.argwhere(subject.labels > 0)[:, ::-1].astype(np.float64)  # (i, j, k)
-    if idx.size == 0:
-        pts = np.stack(list(subject.centroids.values()))
-    else:
-        lo_i, hi_i = idx.min(axis=0), idx.max(axis=0)
-        corners = np.array([[a, b, c] for a in (lo_i[0], hi_i[0]) for b in (lo_i[1], hi_i[1])
-                            for c in (lo_i[2], hi_i[2])])
-        pts = subject.volume.index_to_lps(corners)
-    return pts.min(axis=0) - margin_mm, pts.max(axis=0) + margin_mm
+#: A crop whose centre lies within this of a body centroid is about that vertebra.
+POSITIVE_MM = 20.0
+#: Training crops are centred this far (sigma, mm; clipped at twice) from the chosen body centroid.
+CENTRE_JITTER_MM = 7.0
 
 
 def stage2_sample(subject: Subject, plan: Stage2Plan, rng: np.random.Generator, augment: bool = True
                   ) -> Stage2Sample:
-    """A crop of the (jittered) GT ROI at ~2 mm with per-label targets in crop millimetres."""
-    margin = rng.uniform(6.0, 24.0) if augment else 12.0
-    lo, hi = gt_roi(subject, margin)
+    """A crop centred near one vertebra (or, 15 %, anywhere in the subject) with the target of the
+    vertebra nearest its centre: body centroid in crop mm and level class (or "none")."""
+    pts = np.stack([subject.centroids[k] for k in sorted(subject.centroids)]) if subject.centroids else None
+    labs = sorted(subject.centroids)
+    if pts is not None and rng.random() < 0.85:
+        jitter = rng.normal(0, CENTRE_JITTER_MM, size=3)
+        norm = float(np.linalg.norm(jitter))
+        if norm > 2 * CENTRE_JITTER_MM:
+            jitter *= 2 * CENTRE_JITTER_MM / norm
+        centre = pts[rng.integers(len(pts))] + jitter
+    else:
+        lo, hi = volume_bounds_lps(subject.volume.shape, subject.volume.affine)
+        centre = rng.uniform(lo, hi)
+    grid = _random_grid_affine(centre, plan.crop, plan.spacing_mm, rng, augment)
+    hu = resample(subject.volume.array, subject.volume.affine, grid, fill=HU_OUTSIDE)
     if augment:
-        shift = rng.normal(0, 5.0, size=3)
-        lo, hi = lo + shift, hi + shift
-    rot = random_rotation(rng, 10.0) if augment else None
-    spacing = plan.spacing_mm * (rng.uniform(0.9, 1.1) if augment else 1.0)
-    roi = world_box_grid(lo, hi, spacing, multiple=1, min_shape=plan.crop, rotation=rot)
-    start = tuple(int(rng.integers(0, max(1, n - c + 1))) for n, c in zip(roi.shape, plan.crop, strict=True))
-    crop = roi.sub_grid(start, plan.crop)  # type: ignore[arg-type]
-    hu = resample(subject.volume.array, subject.volume.affine, crop, fill=HU_OUTSIDE)
-    if augment:
-        hu = augment_intensity(hu, rng)
-    return stage2_targets(subject, crop, normalise_hu(hu)[None], plan.labels)
+        hu = random_appearance(hu, plan.spacing_mm, rng)
+        if rng.random() < AppearanceRanges().p_fov_cut:
+            cut_field_of_view(hu, None, grid.lps_to_index(centre)[::-1], plan.spacing_mm, rng)
+    return stage2_target(grid, normalise_hu(hu)[None], centre, labs, pts, plan.labels)
 
 
-def stage2_targets(subject: Subject, crop: Grid, image: npt.NDArray[np.float32], labels: Sequence[int]
-                   ) -> Stage2Sample:
-    target = np.zeros((len(labels), 3), np.float32)
-    present = np.zeros(len(labels), bool)
-    upper = (np.asarray(crop.shape[::-1], dtype=np.float64) - 1.0)
-    for c, label in enumerate(labels):
-        if label not in subject.centroids:
-            continue
-        ijk = crop.lps_to_index(subject.centroids[label])
-        if np.all(ijk >= 0) and np.all(ijk <= upper):
-            present[c] = True
-            target[c] = (ijk * np.asarray(crop.spacing)).astype(np.float32)
-    return Stage2Sample(image=image, target_mm=target, present=present, spacing=crop.spacing)
+def stage2_target(grid: Grid, image: npt.NDArray[np.float32], centre: npt.NDArray[np.float64],
+                  labs: Sequence[int], pts: npt.NDArray[np.float64] | None, labels: Sequence[int]
+                  ) -> Stage2Sample:
+    none = len(labels)
+    if pts is None or len(pts) == 0:
+        return Stage2Sample(image, np.zeros(3, np.float32), False, none, grid.spacing)
+    d = np.linalg.norm(pts - centre, axis=1)
+    n = int(np.argmin(d))
+    if d[n] > POSITIVE_MM or labs[n] not in labels:
+        return Stage2Sample(image, np.zeros(3, np.float32), False, none, grid.spacing)
+    target = (grid.lps_to_index(pts[n]) * np.asarray(grid.spacing)).astype(np.float32)
+    return Stage2Sample(image, target, True, list(labels).index(labs[n]), grid.spacing)

@@ -1,6 +1,5 @@
 """Evaluate the engine on annotated subjects: VerSe identification rate and localisation error (overall and
-per region), stage-1 Dice, seconds per volume; reports as JSON and Markdown. Also fits the confidence
-calibration on held-out outcomes.
+per region), stage-1 Dice, seconds per volume; reports as JSON and Markdown.
 """
 
 from __future__ import annotations
@@ -15,8 +14,7 @@ from typing import Any, cast
 
 import numpy as np
 
-from inference.engine.engine import Engine, largest_components
-from inference.engine.postprocess import Candidate, ConfidenceCalibration, fit_confidence_calibration
+from inference.engine.engine import Engine
 from inference.engine.resample import Grid, resample
 from inference.training.datasets import Subject
 from inference.training.metrics import REGIONS, SubjectMatch, Tally, dice, match_subject
@@ -185,49 +183,6 @@ def score_prediction_files(data: Path, predictions: Path) -> EvaluationReport:
             name=subject.subject, gt_labels=sorted(gt), pred_labels=sorted(pred), identified=m.identified,
             distances=m.distances, stage1_dice=None, seconds=0.0, timings={}))
     return report
-
-
-def calibration_outcomes(engine: Engine, subjects: Iterable[Subject]
-                         ) -> tuple[list[float], list[float], list[bool]]:
-    """Raw (presence, spread) of every candidate above threshold and whether its label was right.
-
-    Uses the GT ROI-free path (stage 1 then stage 2 candidates, before anatomy is enforced) so the
-    calibration sees the same candidates that post-processing scores.
-    """
-    presence: list[float] = []
-    spread: list[float] = []
-    correct: list[bool] = []
-    for subject in subjects:
-        grid, prob = engine.segment_coarse(subject.volume)
-        from inference.engine.engine import roi_box
-
-        box = roi_box(largest_components(prob >= engine.plan.stage1.threshold), grid,
-                      engine.plan.stage1.roi_margin_mm)
-        if box is None:
-            continue
-        cands: list[Candidate] = engine.localise(subject.volume, engine.roi_grid(*box))
-        gt = subject.centroids
-        gt_labels = sorted(gt)
-        for c in cands:
-            if c.presence < engine.plan.stage2.presence_threshold:
-                continue
-            ok = False
-            if c.label in gt and gt_labels:
-                d = {lab: float(np.linalg.norm(np.asarray(c.position_lps) - gt[lab])) for lab in gt_labels}
-                nearest = min(d, key=lambda k: d[k])
-                ok = nearest == c.label and d[nearest] <= 20.0
-            presence.append(c.presence)
-            spread.append(c.spread_mm)
-            correct.append(ok)
-    return presence, spread, correct
-
-
-def fit_calibration(engine: Engine, subjects: Iterable[Subject]) -> ConfidenceCalibration:
-    p, s, c = calibration_outcomes(engine, subjects)
-    cal = fit_confidence_calibration(p, s, c)
-    log.info("confidence calibration from %d candidates (%.1f %% correct): %s", len(c),
-             100 * float(np.mean(c)) if c else 0.0, cal.to_json())
-    return cal
 
 
 def coarse_dice(prob_grid: Grid, prob: np.ndarray, subject: Subject, threshold: float) -> float:

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import torch
 
+from inference.engine.chain import ChainPrior, fit_chain_prior
 from inference.engine.engine import CHECKSUM_FILE, sha256_file
 from inference.engine.plan import PLAN_FILE, EnginePlan, Stage1Plan, Stage2Plan
-from inference.engine.postprocess import ConfidenceCalibration
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ def write_checksums(directory: Path) -> Path:
 
 
 def package_weights(stage1_run: Path, stage2_run: Path, out_dir: Path, version: str,
-                    calibration: ConfidenceCalibration | None = None,
+                    chain: ChainPrior | None = None,
                     stage1_stride: tuple[int, int, int] | None = None) -> EnginePlan:
     """Copy ``model.pt`` of both runs (saved as fp32 state dicts) with an ``engine.json`` plan.
 
@@ -46,8 +46,7 @@ def package_weights(stage1_run: Path, stage2_run: Path, out_dir: Path, version: 
     if stage1_stride is not None:
         s1 = replace(s1, stride=stage1_stride)
     s2 = Stage2Plan.from_json(_stage_plan(stage2_run))  # type: ignore[arg-type]
-    plan = EnginePlan(version=version, stage1=s1, stage2=s2,
-                      confidence=calibration or ConfidenceCalibration())
+    plan = EnginePlan(version=version, stage1=s1, stage2=s2, chain=chain or ChainPrior())
     out_dir.mkdir(parents=True, exist_ok=True)
     for run, name in ((stage1_run, s1.weights), (stage2_run, s2.weights)):
         state = torch.load(run / "model.pt", map_location="cpu", weights_only=True)
@@ -62,12 +61,25 @@ def package_weights(stage1_run: Path, stage2_run: Path, out_dir: Path, version: 
     return plan
 
 
-def set_calibration(weights_dir: Path, calibration: ConfidenceCalibration) -> None:
-    """Store a fitted calibration in an existing weights folder and refresh its checksums."""
+def chain_prior_from_phantoms(count: int, first_seed: int) -> ChainPrior:
+    """Neighbour offsets (body centroid to body centroid) learnt from ``count`` training phantoms.
+
+    Only the phantoms' ground truth is used (rendered at a coarse 4 mm; the landmarks do not depend on
+    the image grid). Whole-spine fields of view, so every pair of neighbours is seen."""
+    from inference.phantoms import generate_phantom
+
+    cents = []
+    for seed in range(first_seed, first_seed + count):
+        ph = generate_phantom(seed=seed, fov="whole", spacing=(4.0, 4.0, 4.0))
+        cents.append(ph.centroids)
+    return fit_chain_prior(cents)
+
+
+def set_chain_prior(weights_dir: Path, chain: ChainPrior) -> None:
+    """Store a fitted chain prior in an existing weights folder and refresh its checksums."""
     plan = EnginePlan.load(weights_dir)
-    EnginePlan(version=plan.version, stage1=plan.stage1, stage2=plan.stage2, confidence=calibration).save(
-        weights_dir)
+    replace(plan, chain=chain).save(weights_dir)
     write_checksums(weights_dir)
 
 
-__all__ = ["PLAN_FILE", "package_weights", "set_calibration", "write_checksums"]
+__all__ = ["PLAN_FILE", "chain_prior_from_phantoms", "package_weights", "set_chain_prior", "write_checksums"]

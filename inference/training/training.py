@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from inference.engine.dsnt import dsnt_loss
-from inference.engine.networks import DSNTLocaliser, ISEVNet
+from inference.engine.networks import ISEVNet, VertebraLocaliser
 from inference.engine.plan import Stage1Plan, Stage2Plan
 from inference.training.datasets import (
     Stage2Sample,
@@ -47,6 +47,11 @@ Stage = Literal["stage1", "stage2"]
 TRAIN_SEED_START = 1_000
 VAL_SEED_START = 90_000
 EVAL_SEED_START = 500_000
+#: Stage-2 subjects are cut to the spine plus this margin (mm): a 128 mm crop centred up to 14 mm off a
+#: vertebra at the edge of the spine still lies inside.
+STAGE2_CONTEXT_MM = 80.0
+#: Weight of the level / "none" cross-entropy against the DSNT term.
+CLASS_WEIGHT = 1.0
 
 
 @dataclass
@@ -115,7 +120,7 @@ def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0)
 def training_pools(cfg: TrainConfig) -> tuple[SubjectPool, SubjectPool]:
     """(train, validation) subject pools for the stage."""
     spacing = cfg.stage1.spacing_mm if cfg.stage == "stage1" else cfg.stage2.spacing_mm
-    crop = None if cfg.stage == "stage1" else 40.0
+    crop = None if cfg.stage == "stage1" else STAGE2_CONTEXT_MM
     cache = None if cfg.cache_dir is None else cfg.cache_dir / cfg.stage
     if cfg.verse_dir is not None:
         pool = verse_pool(cfg.verse_dir)
@@ -135,8 +140,8 @@ class Trainer:
         self.cfg = cfg
         torch.set_num_threads(cfg.threads)
         seed_everything(cfg.seed)
-        self.model: ISEVNet | DSNTLocaliser = (
-            ISEVNet(cfg.stage1.network) if cfg.stage == "stage1" else DSNTLocaliser(cfg.stage2.network)
+        self.model: ISEVNet | VertebraLocaliser = (
+            ISEVNet(cfg.stage1.network) if cfg.stage == "stage1" else VertebraLocaliser(cfg.stage2.network)
         )
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.sched = torch.optim.lr_scheduler.LambdaLR(
@@ -226,16 +231,18 @@ class Trainer:
         return {"loss": float(loss.detach()), **parts}
 
     def _stage2_loss(self, s: Stage2Sample) -> tuple[torch.Tensor, dict[str, float]]:
-        assert isinstance(self.model, DSNTLocaliser)
+        assert isinstance(self.model, VertebraLocaliser)
         x = torch.from_numpy(s.image)[None]
-        heatmaps, coords, presence = self.model(x, s.spacing)
-        target = torch.from_numpy(s.target_mm)[None]
-        present = torch.from_numpy(s.present)[None]
+        heatmap, coords, logits = self.model(x, s.spacing)
+        target = torch.from_numpy(s.target_mm)[None, None]
+        present = torch.tensor([[s.has_target]])
         hm_spacing, offset = self.model.heatmap_geometry(s.spacing)
-        loc, dist, js = dsnt_loss(heatmaps, coords, target, present, hm_spacing, self.cfg.stage2.sigma_mm,
-                                  offset=offset)
-        pres = F.binary_cross_entropy_with_logits(presence, present.float())
-        return loc + pres, {"dist_mm": float(dist), "js": float(js), "presence_bce": float(pres.detach())}
+        loc, dist, js = dsnt_loss(heatmap, coords[:, None], target, present, hm_spacing,
+                                  self.cfg.stage2.sigma_mm, offset=offset)
+        ce = F.cross_entropy(logits, torch.tensor([s.cls]), label_smoothing=0.05)
+        parts = {"dist_mm": float(dist) if s.has_target else float("nan"), "js": float(js),
+                 "class_ce": float(ce.detach())}
+        return loc + CLASS_WEIGHT * ce, parts
 
     # --- validation -----------------------------------------------------------------------------------
 
@@ -248,7 +255,7 @@ class Trainer:
             rng = np.random.default_rng(12345)
             samples: list[Any] = []
             for i in range(len(self.val_pool)):
-                for _ in range(2):
+                for _ in range(2 if self.cfg.stage == "stage1" else 8):
                     if self.cfg.stage == "stage1":
                         samples.append(stage1_sample(self.val_pool[i], self.cfg.stage1, rng, augment=False))
                     else:
@@ -260,15 +267,17 @@ class Trainer:
                 prob = torch.sigmoid(self.model(torch.from_numpy(img)[None]))[0].numpy()
                 dices.append(dice(prob >= 0.5, tgt > 0.5))
             return {"dice": float(np.mean(dices))}
-        errors, correct, total = [], 0, 0
+        errors, correct, near, total = [], 0, 0, 0
         for s in self._val_samples:
-            _, coords, presence = self.model(torch.from_numpy(s.image)[None], s.spacing)
-            c = coords[0].numpy()
-            errors.extend(np.linalg.norm(c[s.present] - s.target_mm[s.present], axis=1).tolist())
-            correct += int(((presence[0].numpy() > 0) == s.present).sum())
-            total += len(s.present)
+            _, coords, logits = self.model(torch.from_numpy(s.image)[None], s.spacing)
+            if s.has_target:
+                errors.append(float(np.linalg.norm(coords[0].numpy() - s.target_mm)))
+            pred = int(logits[0].argmax())
+            correct += int(pred == s.cls)
+            near += int(abs(pred - s.cls) <= 1)
+            total += 1
         return {"dist_mm": float(np.mean(errors)) if errors else float("nan"),
-                "presence_acc": correct / max(1, total)}
+                "class_acc": correct / max(1, total), "class_within1": near / max(1, total)}
 
     # --- the loop -------------------------------------------------------------------------------------
 
@@ -278,14 +287,17 @@ class Trainer:
         while self.epoch < self.cfg.epochs:
             t0 = time.perf_counter()
             sums: dict[str, float] = {}
+            counts: dict[str, int] = {}
             for _ in range(self.cfg.iters_per_epoch):
                 parts = self.step()
                 for k, v in parts.items():
-                    sums[k] = sums.get(k, 0.0) + v
+                    if not math.isnan(v):
+                        sums[k] = sums.get(k, 0.0) + v
+                        counts[k] = counts.get(k, 0) + 1
                 if on_step is not None:
                     on_step(self.iteration, self.cfg.total_iters, parts["loss"])
             self.epoch += 1
-            means = {k: v / self.cfg.iters_per_epoch for k, v in sums.items()}
+            means = {k: v / max(1, counts[k]) for k, v in sums.items()}
             val = self.validate()
             lr = float(self.sched.get_last_lr()[0])
             rec = EpochRecord(self.epoch, self.iteration, lr, means.pop("loss"), means, val,

@@ -71,31 +71,26 @@ def package_weights(
     stage2: Annotated[Path, typer.Option(help="Stage-2 training run folder.")],
     version: Annotated[str, typer.Option(help="Version name, e.g. v0.1.0-phantom.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Weights folder to write (weights/<version>).")],
-    calibrate_phantoms: Annotated[
-        int, typer.Option(min=0, help="Fit the confidence calibration on this many held-out phantoms.")
+    chain_phantoms: Annotated[
+        int, typer.Option(min=0, help="Learn the chain labelling's neighbour offsets from this many "
+                                      "training phantoms (0: anatomical defaults).")
     ] = 0,
-    calibrate_seed: Annotated[int, typer.Option(help="First calibration phantom seed.")] = 400_000,
+    chain_seed: Annotated[int, typer.Option(help="First phantom seed for the neighbour offsets.")] = 1_000,
     stage1_stride: Annotated[
         int | None, typer.Option(min=1, help="Stage-1 sliding-window stride in voxels (inference only).")
     ] = None,
 ) -> None:
     """Package two training runs as a weights version (engine.json, stage*.pt, SHA256SUMS)."""
-    from inference.engine.engine import Engine
-    from inference.training.datasets import phantom_pool
-    from inference.training.evaluation import fit_calibration
+    from inference.training.shipping import chain_prior_from_phantoms
     from inference.training.shipping import package_weights as package
-    from inference.training.shipping import set_calibration
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for run in (stage1, stage2):
         if not (run / "model.pt").is_file():
             raise UserError(f"{run}: no model.pt (not a training run folder?)")
     stride = None if stage1_stride is None else (stage1_stride, stage1_stride, stage1_stride)
-    package(stage1, stage2, out, version, stage1_stride=stride)
-    if calibrate_phantoms:
-        engine = Engine.from_weights(out)
-        pool = phantom_pool(calibrate_seed, calibrate_phantoms, spacing=None, keep_in_memory=False)
-        set_calibration(out, fit_calibration(engine, (pool[i] for i in range(len(pool)))))
+    chain = chain_prior_from_phantoms(chain_phantoms, chain_seed) if chain_phantoms else None
+    package(stage1, stage2, out, version, chain=chain, stage1_stride=stride)
     log.info("wrote %s", out)
 
 

@@ -19,14 +19,15 @@ from dicom_io.result import Landmark, Result
 from dicom_io.volume import Volume
 from inference.engine.engine import (
     Engine,
+    Vertebra,
     WeightsError,
-    _Stage2Tile,
+    crop_grid_at,
     default_weights_dir,
-    merge_tiles,
-    roi_box,
+    merge_answers,
+    seed_points,
     tile_starts,
 )
-from inference.engine.networks import DSNTLocaliser, ISEVNet, NetworkConfig
+from inference.engine.networks import ISEVNet, NetworkConfig, VertebraLocaliser
 from inference.engine.plan import EnginePlan, Stage1Plan, Stage2Plan
 from inference.engine.resample import Grid
 from inference.phantoms import generate_phantom
@@ -38,15 +39,16 @@ TINY = NetworkConfig(base=2, levels=2, convs_per_level=(1, 1), se_reduction=2)
 
 def tiny_plan() -> EnginePlan:
     s1 = Stage1Plan(network=TINY, patch=(32, 32, 32), stride=(24, 24, 24))
-    s2 = Stage2Plan(network=replace(TINY, out_channels=len(ENGINE_LABELS)), crop=(48, 48, 48),
-                    overlap=(0, 0, 0), presence_threshold=0.0)
+    s2 = Stage2Plan(network=replace(TINY, out_channels=len(ENGINE_LABELS) + 1), crop=(32, 32, 32),
+                    none_threshold=1.01)
     return EnginePlan(version="tiny-test", stage1=s1, stage2=s2)
 
 
 def tiny_engine(seed: int = 0) -> Engine:
     torch.manual_seed(seed)
     plan = tiny_plan()
-    return Engine(plan, ISEVNet(plan.stage1.network), DSNTLocaliser(plan.stage2.network), torch.device("cpu"))
+    return Engine(plan, ISEVNet(plan.stage1.network), VertebraLocaliser(plan.stage2.network),
+                  torch.device("cpu"))
 
 
 def make_small_volume() -> Volume:
@@ -105,26 +107,49 @@ def test_mask_follows_input_orientation(small_volume: Volume) -> None:
     assert np.mean(mask_a == mask_b[::-1]) > 0.99
 
 
-def test_roi_box_is_world_bbox_plus_margin() -> None:
-    mask = np.zeros((10, 10, 10), bool)
-    mask[2:5, 3, 4:6] = True
-    grid = Grid((10, 10, 10), np.diag([2.0, 2.0, 2.0, 1.0]))
-    box = roi_box(mask, grid, margin_mm=5.0)
-    assert box is not None
-    lo, hi = box
-    assert np.allclose(lo, [8 - 6, 6 - 6, 4 - 6]) and np.allclose(hi, [10 + 6, 6 + 6, 8 + 6])
-    assert roi_box(np.zeros_like(mask), grid, 5.0) is None
+def test_seed_points_follow_the_column_not_the_bone_beside_it() -> None:
+    grid = Grid((30, 20, 20), np.diag([4.0, 4.0, 4.0, 1.0]))
+    mask = np.zeros(grid.shape, bool)
+    mask[:, 8:11, 9:12] = True  # the column: i 9-11, j 8-10, every slice
+    mask[0:12, 2:4, 1:3] = True  # other bone (e.g. a hip) in the lower slices only, smaller
+    seeds = seed_points(mask, grid, step_mm=12.0)
+    assert len(seeds) == 10  # 30 slices x 4 mm / 12 mm
+    assert np.all(np.diff(seeds[:, 2]) < 0)  # head to foot
+    assert np.allclose(seeds[:, 0], 10 * 4.0) and np.allclose(seeds[:, 1], 9 * 4.0)
+    assert len(seed_points(np.zeros_like(mask), grid, 12.0)) == 0
 
 
-def test_merge_tiles_presence_weighted() -> None:
-    g = Grid((4, 4, 4), np.eye(4))
-    t1 = _Stage2Tile(g, np.array([[0.0, 0.0, 0.0], [5.0, 5.0, 5.0]]), np.array([0.9, 0.1]), np.full(2, 2.0))
-    t2 = _Stage2Tile(g, np.array([[3.0, 0.0, 0.0], [9.0, 9.0, 9.0]]), np.array([0.6, 0.8]), np.full(2, 4.0))
-    c = {cand.label: cand for cand in merge_tiles([t1, t2], (20, 21))}
-    assert c[20].position_lps[0] == pytest.approx(3.0 * 0.6 / 1.5)
-    assert c[20].presence == pytest.approx(0.9)
-    # Label 21: the 0.1 crop falls under half the best presence and does not vote.
-    assert c[21].position_lps == (9.0, 9.0, 9.0)
+def test_crop_grid_is_centred_and_world_aligned() -> None:
+    plan = tiny_plan().stage2
+    g = crop_grid_at((10.0, -20.0, 30.0), plan)
+    centre = g.index_to_lps((np.asarray(plan.crop[::-1]) - 1) / 2)
+    assert np.allclose(centre, (10.0, -20.0, 30.0))
+    assert np.allclose(g.affine[:3, :3], np.eye(3) * plan.spacing_mm)
+
+
+def test_merge_answers_groups_by_distance_and_averages() -> None:
+    pts = np.array([[0.0, 0.0, 0.0], [2.0, 0.0, 0.0], [0.0, 0.0, -30.0]])
+    probs = np.array([[0.8, 0.1, 0.1], [0.6, 0.2, 0.2], [0.1, 0.7, 0.2]])
+    found = merge_answers(pts, probs, merge_mm=10.0)
+    assert len(found) == 2
+    first = next(v for v in found if v.votes == 2)
+    assert np.allclose(first.position_lps, [1.0, 0.0, 0.0])
+    assert first.p_none == pytest.approx(0.15)
+    assert np.allclose(first.probs, np.array([0.7, 0.15]) / 0.85)
+
+
+def test_name_chain_orders_cranial_first_and_names_by_evidence() -> None:
+    engine = tiny_engine()
+    labels = engine.plan.stage2.labels
+    verts = []
+    for n, lab in enumerate((22, 20, 21)):  # given out of order
+        probs = np.full(len(labels), 0.2 / (len(labels) - 1))
+        probs[labels.index(lab)] = 0.8
+        z = {20: 0.0, 21: -34.0, 22: -68.0}[lab]
+        verts.append(Vertebra(np.array([0.0, 0.0, z]), probs, 0.1, 1 + n))
+    marks = engine.name_chain(verts)
+    assert [m.name for m in marks] == ["L1", "L2", "L3"]
+    assert marks[0].confidence == pytest.approx(0.8 * 0.9)
 
 
 def _save_tiny_weights(directory: Path, engine: Engine) -> None:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from inference.engine.networks import DSNTLocaliser, ISEVNet, NetworkConfig
+from inference.engine.networks import ISEVNet, NetworkConfig, VertebraLocaliser
 from inference.engine.plan import EnginePlan
 from inference.engine.resample import Grid, resample, world_box_grid
 
@@ -23,13 +23,13 @@ def test_isevnet_rejects_bad_shape() -> None:
         net(torch.zeros(1, 1, 10, 16, 16))
 
 
-def test_dsnt_localiser_outputs_per_label_heatmaps_coords_presence() -> None:
-    cfg = NetworkConfig(out_channels=26, base=4, levels=3, convs_per_level=(1, 1, 1))
-    net = DSNTLocaliser(cfg)
-    hm, coords, pres = net(torch.zeros(2, 1, 16, 8, 12), (2.0, 2.0, 2.0))
-    assert hm.shape == (2, 26, 16, 8, 12)
-    assert torch.allclose(hm.sum(dim=(-1, -2, -3)), torch.ones(2, 26), atol=1e-5)
-    assert coords.shape == (2, 26, 3) and pres.shape == (2, 26)
+def test_vertebra_localiser_outputs_one_heatmap_coords_and_class_logits() -> None:
+    cfg = NetworkConfig(out_channels=27, base=4, levels=3, convs_per_level=(1, 1, 1))
+    net = VertebraLocaliser(cfg)
+    hm, coords, logits = net(torch.zeros(2, 1, 16, 8, 12), (2.0, 2.0, 2.0))
+    assert hm.shape == (2, 1, 16, 8, 12)
+    assert torch.allclose(hm.sum(dim=(-1, -2, -3)), torch.ones(2, 1), atol=1e-5)
+    assert coords.shape == (2, 1, 3) and logits.shape == (2, 27)
     # Coordinates lie inside the crop in mm.
     c = coords.detach()
     assert float(c[..., 0].max()) <= 11 * 2.0 and float(c[..., 2].max()) <= 15 * 2.0
@@ -84,9 +84,9 @@ def test_resample_nearest_keeps_labels() -> None:
 
 def test_half_resolution_heads_place_heatmap_voxels_in_crop_mm() -> None:
     cfg = NetworkConfig(out_channels=3, base=4, levels=3, convs_per_level=(1, 1, 1), head_level=1)
-    net = DSNTLocaliser(cfg)
-    hm, coords, pres = net(torch.zeros(1, 1, 16, 8, 12), (2.0, 2.0, 2.0))
-    assert hm.shape == (1, 3, 8, 4, 6) and coords.shape == (1, 3, 3) and pres.shape == (1, 3)
+    net = VertebraLocaliser(cfg)
+    hm, coords, logits = net(torch.zeros(1, 1, 16, 8, 12), (2.0, 2.0, 2.0))
+    assert hm.shape == (1, 1, 8, 4, 6) and coords.shape == (1, 1, 3) and logits.shape == (1, 3)
     spacing, offset = net.heatmap_geometry((2.0, 2.0, 2.0))
     assert spacing == (4.0, 4.0, 4.0) and offset == (1.0, 1.0, 1.0)
     # A one-hot heatmap voxel (k, j, i) = (3, 1, 2) covers crop voxels 6-7, 2-3, 4-5: centre 6.5, 2.5, 4.5.

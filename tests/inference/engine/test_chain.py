@@ -1,0 +1,133 @@
+"""Chain labelling: the most consistent naming of the whole column (inference.chain)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dicom_io.labels import ENGINE_LABELS, vertebra_name
+from inference.engine.chain import ChainPrior, fit_chain_prior, label_chain, transitions
+
+LABELS = ENGINE_LABELS
+T11, T12, T13, L1, L2, L3, L4, L5, L6 = 18, 19, 28, 20, 21, 22, 23, 24, 25
+
+#: Body-centroid spacing used to build test chains (mm), close to the fallback means.
+SPACING = {"T": 24.0, "L": 35.0}
+
+
+def _positions(labels: list[int], gaps: dict[int, float] | None = None) -> np.ndarray:
+    """Points going down the z axis, spaced as the region of each lower label (plus extra gaps)."""
+    z = 0.0
+    out = [[0.0, 0.0, z]]
+    for lab in labels[1:]:
+        z -= SPACING["T" if lab <= T12 or lab == T13 else "L"] + (gaps or {}).get(lab, 0.0)
+        out.append([0.0, 0.0, z])
+    return np.array(out)
+
+
+def _evidence(true: list[int], strength: float = 0.6, overrides: dict[int, dict[int, float]] | None = None
+              ) -> np.ndarray:
+    """Log-probabilities: ``strength`` on the true label, the rest spread evenly; ``overrides`` replace
+    a vertebra's distribution by {label: p} (rest spread)."""
+    rows = []
+    for n, lab in enumerate(true):
+        dist = (overrides or {}).get(n, {lab: strength})
+        rest = (1.0 - sum(dist.values())) / (len(LABELS) - len(dist))
+        p = np.full(len(LABELS), rest)
+        for k, v in dist.items():
+            p[LABELS.index(k)] = v
+        rows.append(np.log(p))
+    return np.array(rows)
+
+
+def names(labels: list[int]) -> list[str]:
+    return [vertebra_name(v) for v in labels]
+
+
+def test_consistent_evidence_is_kept() -> None:
+    true = [17, 18, 19, 20, 21, 22]
+    got = label_chain(_positions(true), _evidence(true), LABELS).labels
+    assert names(got) == ["T10", "T11", "T12", "L1", "L2", "L3"]
+
+
+def test_two_vertebrae_read_one_level_low_do_not_shift_the_chain() -> None:
+    # Each vertebra alone: T12 and L1 are read as L1 and L2 (a duplicate pair with their neighbours).
+    true = [17, 18, 19, 20, 21, 22]
+    ev = _evidence(true, overrides={2: {L1: 0.45, T12: 0.35}, 3: {L2: 0.45, L1: 0.35}})
+    assert names(label_chain(_positions(true), ev, LABELS).labels) == ["T10", "T11", "T12", "L1", "L2", "L3"]
+
+
+def test_whole_chain_shifted_by_one_when_all_evidence_says_so() -> None:
+    # Every vertebra's evidence points one level lower than "true": the chain follows the evidence as a
+    # whole (no duplicates, no gaps), it does not invent a mixture.
+    true = [17, 18, 19, 20, 21, 22]
+    shifted = [18, 19, 20, 21, 22, 23]
+    got = label_chain(_positions(true), _evidence(shifted), LABELS).labels
+    assert names(got) == names(shifted)
+
+
+def test_thirteen_thoracic_vertebrae_use_t13() -> None:
+    true = [T11, T12, T13, L1, L2, L3, L4, L5]
+    # The extra vertebra's own evidence is split between T12 and L1; its neighbours are sure.
+    ev = _evidence(true, strength=0.8, overrides={2: {T12: 0.3, L1: 0.3, T13: 0.05}})
+    got = label_chain(_positions(true), ev, LABELS).labels
+    assert names(got) == ["T11", "T12", "T13", "L1", "L2", "L3", "L4", "L5"]
+
+
+def test_six_lumbar_vertebrae_use_l6() -> None:
+    true = [T12, L1, L2, L3, L4, L5, L6]
+    ev = _evidence(true, strength=0.8, overrides={6: {L5: 0.5, L6: 0.05}})
+    got = label_chain(_positions(true), ev, LABELS).labels
+    assert names(got) == ["T12", "L1", "L2", "L3", "L4", "L5", "L6"]
+
+
+def test_missing_vertebra_is_skipped_not_renamed() -> None:
+    # L3 was not detected: L2 and L4 sit two lumbar spacings apart.
+    true = [L1, L2, L4, L5]
+    pos = _positions(true, gaps={L4: SPACING["L"]})
+    ev = _evidence(true, strength=0.5)
+    got = label_chain(pos, ev, LABELS).labels
+    assert names(got) == ["L1", "L2", "L4", "L5"]
+
+
+def test_spacing_decides_between_equal_evidence() -> None:
+    # Flat evidence for the lower two: spacing alone must keep them consecutive, not skipped.
+    true = [L1, L2, L3]
+    ev = _evidence(true, strength=0.9, overrides={2: {L3: 0.2, L4: 0.2}})
+    assert names(label_chain(_positions(true), ev, LABELS).labels) == ["L1", "L2", "L3"]
+
+
+def test_more_vertebrae_than_labels_keeps_a_valid_prefix() -> None:
+    pos = np.array([[0.0, 0.0, -20.0 * n] for n in range(30)])
+    ev = np.log(np.full((30, len(LABELS)), 1.0 / len(LABELS)))
+    got = label_chain(pos, ev, LABELS).labels
+    assert 0 < len(got) <= 26
+    assert len(set(got)) == len(got)
+
+
+def test_empty_chain() -> None:
+    assert label_chain(np.zeros((0, 3)), np.zeros((0, len(LABELS))), LABELS).labels == []
+
+
+def test_transitions_allow_only_anatomical_moves() -> None:
+    moves = {lower for lower, _, _ in transitions(T12)}
+    assert moves == {L1, L2, T13}
+    assert {lower for lower, _, _ in transitions(T11)} == {T12, L1}
+    assert {lower for lower, _, _ in transitions(L5)} == {L6}
+    assert transitions(L6) == []
+
+
+def test_fit_chain_prior_learns_offsets_and_ignores_gaps() -> None:
+    subjects = []
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        cents = {lab: (0.0, 0.0, -30.0 * n + rng.normal(0, 1)) for n, lab in enumerate([T11, T12, L1, L2])}
+        subjects.append(cents)
+    prior = fit_chain_prior(subjects, min_std_mm=2.0, rel_std=0.0)
+    mean, std = prior.pair(T12, L1)
+    assert mean == pytest.approx(30.0, abs=1.0)
+    assert 2.0 <= std < 3.0
+    # T11 -> L1 is the 11-thoracic variant: with T12 present in every subject it is never measured.
+    assert (T11, L1) not in prior.spacing
+    again = ChainPrior.from_json(prior.to_json())
+    assert again.pair(T12, L1) == prior.pair(T12, L1)
