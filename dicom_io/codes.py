@@ -32,6 +32,8 @@ __all__ = [
     "PRIVATE_SCHEME_DESIGNATOR",
     "PRIVATE_SCHEME_NAME",
     "PROCESSING_ALGORITHM",
+    "RESEARCH_USE_DISCLAIMER",
+    "RESEARCH_USE_SHORT",
     "VERTEBRAL_COLUMN",
     "VERTEBRA_CODES",
     "ai_contributing_equipment",
@@ -47,6 +49,15 @@ PRIVATE_SCHEME_NAME = "spine-agent vertebra variants"
 
 #: Name written into Algorithm Identification (SEG segments, SR TID 4019) and Contributing Equipment.
 ALGORITHM_NAME = "spine-agent"
+
+#: What every result says about itself (SR comment; SEG and SR descriptions in short): the shipped
+#: weights were trained on the project's synthetic phantoms only (docs/engine.md, model card).
+RESEARCH_USE_DISCLAIMER = (
+    "Research use only: not a medical device. Landmarks from spine-agent weights trained on synthetic CT "
+    "phantoms."
+)
+#: The same in the few characters a Series or Content Description (LO, 64) leaves.
+RESEARCH_USE_SHORT = "research use only"
 
 #: (DCM 123110 "Artificial Intelligence"), the Algorithm Family of CID 7162.
 ALGORITHM_FAMILY: Code = codes.DCM.ArtificialIntelligence

@@ -17,27 +17,34 @@ from dicom_io.volume import Volume
 
 
 def landmarks_from_sr(dataset: Dataset) -> list[Landmark]:
-    """One :class:`Landmark` per measurement group with a 3D point, labelled by its tracking identifier."""
+    """One :class:`Landmark` per measurement group with a 3D point, labelled by its tracking identifier.
+
+    The confidence is the "Certainty of Finding" (%) of a group with the same Tracking Unique Identifier
+    (our SRs keep it in a TID 1501 group beside the point's TID 1410 group, see :mod:`dicom_io.sr`), or of
+    the point's own group (reports written before that split); 1.0 when there is none.
+    """
     sr = hd.sr.Comprehensive3DSR.from_dataset(dataset, copy=False)
     report = sr.content
     if not isinstance(report, hd.sr.MeasurementReport):
         raise ValueError("not a TID 1500 Measurement Report")
+    certainty: dict[str, float] = {}
+    point_groups = report.get_planar_roi_measurement_groups()
+    for group in [*report.get_image_measurement_groups(), *point_groups]:
+        for measurement in group.get_measurements():
+            if measurement.name.value == "111012":  # DCM Certainty of Finding, in %
+                certainty[str(group.tracking_uid)] = float(measurement.value) / 100.0
     landmarks: list[Landmark] = []
-    for group in report.get_planar_roi_measurement_groups():
+    for group in point_groups:
         roi = group.roi
         name = str(group.tracking_identifier)
         if not isinstance(roi, hd.sr.ImageRegion3D) or name not in LABEL_BY_NAME:
             continue
         point = np.asarray(roi.value, dtype=np.float64).reshape(-1, 3)[0]
-        confidence = 1.0
-        for measurement in group.get_measurements():
-            if measurement.name.value == "111012":  # DCM Certainty of Finding, in %
-                confidence = float(measurement.value) / 100.0
         landmarks.append(
             Landmark(
                 label=LABEL_BY_NAME[name],
                 position_lps=(float(point[0]), float(point[1]), float(point[2])),
-                confidence=confidence,
+                confidence=certainty.get(str(group.tracking_uid), 1.0),
             )
         )
     return landmarks

@@ -12,6 +12,18 @@ Segments:
   vertebrae are written from a label map, which costs one byte per voxel of the slab.
 
 Frames cover only the slices that hold the spine and empty frames are omitted, so a SEG stays small.
+
+Segmentation Type is BINARY: one bit per pixel, packed across frame boundaries, and the Pixel Data padded
+with one byte when the bit count leaves it odd. That pad byte only arises when rows x columns is not a
+multiple of 16 (never for 512 x 512 CT; often for phantoms, e.g. 310 x 310), and then OHIF v3 (3.13)
+refuses the whole object ("calculated length ... does not match the actual length") and falls back to
+per-frame requests that Orthanc's DICOMweb plugin cannot answer for 1-bit frames whose columns are not a
+multiple of 8. In that case the SEG is written FRACTIONAL (PROBABILITY, 8 bits per pixel, maximum
+fractional value 1, so each pixel is still 0 or 1): the same segments and frames, byte-aligned
+(``docs/viewers.md``).
+
+Series Description and Content Description say what the object holds and that it is a research result
+(:data:`dicom_io.codes.RESEARCH_USE_SHORT`).
 Every frame points at its source CT instance (Derivation Image Sequence), shares the source's Frame of
 Reference, orientation and pixel spacing, and the object copies the patient and study of the source,
 so viewers overlay it on the CT. Algorithm identification sits on every segment, and the Contributing
@@ -33,6 +45,7 @@ from dicom_io.codes import (
     ALGORITHM_FAMILY,
     ALGORITHM_NAME,
     ANATOMICAL_STRUCTURE,
+    RESEARCH_USE_SHORT,
     VERTEBRAL_COLUMN,
     ai_contributing_equipment,
     private_coding_scheme_identification,
@@ -43,7 +56,13 @@ from dicom_io.labels import CRANIO_CAUDAL, vertebra_name
 from dicom_io.result import Result
 from dicom_io.volume import SourceReference, Volume
 
-__all__ = ["SegBuildError", "build_seg", "segment_colour", "vertebra_labels_in_mask"]
+__all__ = [
+    "SegBuildError",
+    "build_seg",
+    "content_description",
+    "segment_colour",
+    "vertebra_labels_in_mask",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -105,7 +124,7 @@ def build_seg(
     device_serial_number: str = "0",
     series_instance_uid: str | None = None,
     sop_instance_uid: str | None = None,
-    series_description: str = "Spine segmentation (spine-agent)",
+    series_description: str = f"Spine segmentation (spine-agent, {RESEARCH_USE_SHORT})",
     content_datetime: datetime | None = None,
     max_overlap_bytes: int = DEFAULT_MAX_OVERLAP_BYTES,
 ) -> hd.seg.Segmentation:
@@ -148,6 +167,7 @@ def build_seg(
     descriptions: list[hd.seg.SegmentDescription] = []
     pixel_array: npt.NDArray[np.uint8] | npt.NDArray[np.bool_]
     one_hot_bytes = slab.size * (len(labels) + 1)
+    label_map = False
     if not labels:
         descriptions.append(_column_description(1, algorithm))
         pixel_array = (slab > 0).astype(np.uint8)
@@ -159,6 +179,7 @@ def build_seg(
             descriptions.append(_vertebra_description(index + 2, label, index, algorithm))
             pixel_array[..., index + 1] = slab == label
     else:
+        label_map = True
         logger.info(
             "SEG: %d vertebra segments over %d slices need %d MiB one-hot; leaving out the column "
             "segment (the union of the vertebrae)",
@@ -172,11 +193,23 @@ def build_seg(
             lookup[label] = index + 1
         pixel_array = lookup[slab]
 
+    fractional = not label_map and _binary_needs_pad_byte(pixel_array)
+    if fractional:
+        logger.info(
+            "SEG: %dx%d frames would leave the bit-packed Pixel Data padded, which OHIF cannot read; "
+            "writing it FRACTIONAL (values 0/1)",
+            slab.shape[1],
+            slab.shape[2],
+        )
     when = content_datetime or datetime.now(UTC)
     seg = hd.seg.Segmentation(
         source_images=ordered,
-        pixel_array=pixel_array,
-        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        pixel_array=pixel_array.astype(np.uint8) if fractional else pixel_array,
+        segmentation_type=(
+            hd.seg.SegmentationTypeValues.FRACTIONAL if fractional else hd.seg.SegmentationTypeValues.BINARY
+        ),
+        fractional_type=hd.seg.SegmentationFractionalTypeValues.PROBABILITY,
+        max_fractional_value=1,
         segment_descriptions=descriptions,
         series_instance_uid=series_instance_uid or hd.UID(),
         series_number=series_number,
@@ -189,7 +222,7 @@ def build_seg(
         plane_positions=plane_positions[k0:k1],
         omit_empty_frames=True,
         content_label="SPINE",
-        content_description="Vertebral column and vertebrae, automatic",
+        content_description=content_description(descriptions),
         series_description=series_description,
         content_date=when.strftime("%Y%m%d"),
         content_time=when.strftime("%H%M%S"),
@@ -213,6 +246,41 @@ def build_seg(
         k1 - 1,
     )
     return seg
+
+
+def content_description(descriptions: Sequence[hd.seg.SegmentDescription]) -> str:
+    """Content Description (LO, 64 characters) naming the segments a SEG holds, and that it is research.
+
+    E.g. "Vertebral column; research use only" or "Vertebral column + 7 vertebrae T11-L5; research use
+    only".
+    """
+    labels = [str(d.SegmentLabel) for d in descriptions]
+    vertebrae = [label for label in labels if label != "Vertebral column"]
+    parts = ["Vertebral column"] if "Vertebral column" in labels else []
+    if len(vertebrae) == 1:
+        parts.append(f"vertebra {vertebrae[0]}")
+    elif vertebrae:
+        parts.append(f"{len(vertebrae)} vertebrae {vertebrae[0]}-{vertebrae[-1]}")
+    what = " + ".join(parts)
+    return f"{what[:1].upper()}{what[1:]}; {RESEARCH_USE_SHORT}"[:64]
+
+
+def _binary_needs_pad_byte(pixel_array: npt.NDArray[np.uint8] | npt.NDArray[np.bool_]) -> bool:
+    """Whether a BINARY SEG of ``pixel_array`` would end its Pixel Data with a pad byte (module docstring).
+
+    ``pixel_array`` is one segment (slices x rows x columns) or one-hot (... x segments). Counts the
+    frames highdicom writes with ``omit_empty_frames``: one per (slice, segment) holding any pixel of the
+    segment. (A label map, the memory fallback, is never switched: FRACTIONAL would need the one-hot
+    array that did not fit.)
+    """
+    rows, columns = pixel_array.shape[1], pixel_array.shape[2]
+    if (rows * columns) % 16 == 0:
+        return False
+    if pixel_array.ndim == 3:
+        frames = int(np.count_nonzero(pixel_array.reshape(pixel_array.shape[0], -1).any(axis=1)))
+    else:
+        frames = int(np.count_nonzero(pixel_array.any(axis=(1, 2))))
+    return ((frames * rows * columns + 7) // 8) % 2 == 1
 
 
 def _column_description(

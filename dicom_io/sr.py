@@ -5,17 +5,22 @@ Document layout (PS3.16 TID 1500):
 * observation context: a device observer (TID 1004) for the agent: name "spine-agent", manufacturer,
   model, a Device Observer UID stable per host;
 * procedure reported: (LN 25045-6 "CT unspecified body region");
-* one TID 1410 "Planar ROI Measurements and Qualitative Evaluations" group per vertebra, in
-  cranio-caudal order, holding
+* per vertebra, in cranio-caudal order, two measurement groups that share the vertebra's Tracking
+  Identifier ("L3") and Tracking Unique Identifier (the same UID as the vertebra's segment in the SEG
+  when one is given, so the objects can be joined), both with Finding = Finding Site = the vertebra's
+  code (SNOMED CT; L6/T13 in the private "99SPINEAGENT" scheme, see :mod:`dicom_io.codes`) and the
+  Algorithm Identification (TID 4019: "spine-agent", model version, family "Artificial Intelligence"):
 
-  - Tracking Identifier = the vertebra's name ("L3") and Tracking Unique Identifier (the same UID as
-    the vertebra's segment in the SEG when one is given, so the two objects can be joined),
-  - Finding = Finding Site = the vertebra's code (SNOMED CT; L6/T13 in the private "99SPINEAGENT"
-    scheme, see :mod:`dicom_io.codes`),
-  - Image Region = SCOORD3D POINT at the landmark (the vertebra centroid, LPS mm) in the source
-    series' Frame of Reference,
-  - a measurement (DCM 111012 "Certainty of Finding") = the engine's confidence in percent (UCUM "%"),
-  - Algorithm Identification (TID 4019): "spine-agent", model version, family "Artificial Intelligence".
+  - where: a TID 1410 "Planar ROI Measurements" group whose Image Region is a SCOORD3D POINT at the
+    landmark (the vertebra centroid, LPS mm, rounded to 0.1 mm) in the source series' Frame of Reference;
+  - how sure: a TID 1501 "Measurement and Qualitative Evaluation" group holding (DCM 111012 "Certainty of
+    Finding") = the engine's confidence as a whole percentage (UCUM "%").
+
+  One group holding both would be simpler, but OHIF v3 (3.13) then lists nothing: its SR reader looks
+  for the coordinates *under* a group's first numeric item, which TID 1410 forbids (highdicom refuses
+  it). OHIF merges groups by Tracking Unique Identifier, so split this way the measurement panel lists one
+  entry per vertebra, named by its finding site, and draws the point (``docs/viewers.md``);
+* a "Qualitative Evaluations" container with the research-use disclaimer as a TEXT comment.
 
 Finding Category and Geometric Purpose of Region (newer optional TID 1410 rows) are left out: PixelMed's
 validator (2022 templates) reports them as "not in template", and the centroid meaning is stated here
@@ -36,6 +41,7 @@ import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
 from pydicom.uid import generate_uid
 from pydicom.valuerep import DA, TM
 
@@ -44,6 +50,7 @@ from dicom_io.codes import (
     ALGORITHM_NAME,
     CERTAINTY_OF_FINDING,
     PERCENT,
+    RESEARCH_USE_DISCLAIMER,
     ai_contributing_equipment,
     private_coding_scheme_identification,
     uses_private_scheme,
@@ -52,12 +59,27 @@ from dicom_io.codes import (
 from dicom_io.labels import CRANIO_CAUDAL
 from dicom_io.result import Landmark, Result
 
-__all__ = ["SrBuildError", "build_sr", "default_device_observer_uid", "segment_tracking_uids"]
+__all__ = [
+    "SrBuildError",
+    "build_sr",
+    "certainty_percent",
+    "default_device_observer_uid",
+    "segment_tracking_uids",
+]
 
 logger = logging.getLogger(__name__)
 
 #: Procedure Reported (CID 100).
 PROCEDURE_REPORTED = codes.LN.CTUnspecifiedBodyRegion
+
+#: TID 1500's optional container of report-level qualitative evaluations, and the concept of the
+#: disclaimer's TEXT item in it: (DCM 121106 "Comment").
+QUALITATIVE_EVALUATIONS = Code("C0034375", "UMLS", "Qualitative Evaluations")
+COMMENT = Code("121106", "DCM", "Comment")
+
+#: Landmark coordinates are written to 0.1 mm: the engine is good to millimetres, and a viewer shows
+#: the numbers to a reader.
+POSITION_DECIMALS = 1
 
 
 class SrBuildError(ValueError):
@@ -93,8 +115,9 @@ def build_sr(
     device_observer_uid: str | None = None,
     series_instance_uid: str | None = None,
     sop_instance_uid: str | None = None,
-    series_description: str = "Vertebra landmarks (spine-agent)",
+    series_description: str = "Vertebra landmarks (spine-agent, research use only)",
     content_datetime: datetime | None = None,
+    disclaimer: str = RESEARCH_USE_DISCLAIMER,
 ) -> hd.sr.Comprehensive3DSR:
     """Build the TID 1500 Comprehensive 3D SR of ``result.landmarks`` on the source series.
 
@@ -112,6 +135,7 @@ def build_sr(
         series_instance_uid, sop_instance_uid: fixed UIDs (new ones when omitted).
         series_description: Series Description of the SR series.
         content_datetime: when the result was made (now, UTC, when omitted).
+        disclaimer: the research-use statement written as the report's comment.
 
     Raises:
         SrBuildError: no source, mixed series or Frames of Reference, no landmark, an unknown label, a
@@ -134,7 +158,9 @@ def build_sr(
         name=ALGORITHM_NAME, version=algorithm_version, family=ALGORITHM_FAMILY
     )
     groups = [
-        _landmark_group(landmark, frame_of_reference_uid, algorithm, tracking_uids) for landmark in landmarks
+        group
+        for landmark in landmarks
+        for group in _landmark_groups(landmark, frame_of_reference_uid, algorithm, tracking_uids)
     ]
     observer = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
@@ -151,6 +177,7 @@ def build_sr(
         procedure_reported=PROCEDURE_REPORTED,
         imaging_measurements=groups,
     )
+    report[0].ContentSequence.append(_disclaimer_container(disclaimer))
     evidence = [*source_datasets, *([segmentation] if segmentation is not None else [])]
     when = content_datetime or datetime.now(UTC)
     labels = [landmark.label for landmark in landmarks]
@@ -183,7 +210,7 @@ def build_sr(
             contribution_datetime=when,
         )
     )
-    logger.debug("SR %s: %d vertebra groups", sr.SOPInstanceUID, len(groups))
+    logger.debug("SR %s: %d vertebrae", sr.SOPInstanceUID, len(landmarks))
     return sr
 
 
@@ -213,29 +240,60 @@ def _checked_landmarks(landmarks: Sequence[Landmark]) -> list[Landmark]:
     return sorted(landmarks, key=lambda lm: CRANIO_CAUDAL.index(lm.label))
 
 
-def _landmark_group(
+def _landmark_groups(
     landmark: Landmark,
     frame_of_reference_uid: str,
     algorithm: hd.sr.AlgorithmIdentification,
     tracking_uids: Mapping[tuple[str, str], str],
-) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
+) -> tuple[hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations, hd.sr.MeasurementsAndQualitativeEvaluations]:
+    """The vertebra's "where" group (TID 1410, its point) and "how sure" group (TID 1501, its certainty)."""
     code = vertebra_code(landmark.label)
     tracking_uid = tracking_uids.get((code.scheme_designator, code.value)) or hd.UID()
+    position = [round(float(v), POSITION_DECIMALS) for v in landmark.position_lps]
     point = hd.sr.ImageRegion3D(
         graphic_type=hd.sr.GraphicTypeValues3D.POINT,
-        graphic_data=np.asarray([landmark.position_lps], dtype=np.float64),
+        graphic_data=np.asarray([position], dtype=np.float64),
         frame_of_reference_uid=frame_of_reference_uid,
     )
-    certainty = hd.sr.Measurement(
-        name=CERTAINTY_OF_FINDING,
-        value=round(100.0 * landmark.confidence, 6),
-        unit=PERCENT,
-    )
-    return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+    where = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=tracking_uid, identifier=landmark.name),
         referenced_region=point,
         finding_type=code,
         finding_sites=[hd.sr.FindingSite(anatomic_location=code)],
         algorithm_id=algorithm,
+    )
+    certainty = hd.sr.Measurement(
+        name=CERTAINTY_OF_FINDING,
+        value=certainty_percent(landmark.confidence),
+        unit=PERCENT,
+    )
+    how_sure = hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=tracking_uid, identifier=landmark.name),
+        finding_type=code,
+        finding_sites=[hd.sr.FindingSite(anatomic_location=code)],
+        algorithm_id=algorithm,
         measurements=[certainty],
     )
+    return where, how_sure
+
+
+def certainty_percent(confidence: float) -> int:
+    """The engine's confidence in [0, 1] as the whole percentage the report states."""
+    return int(round(100.0 * confidence))
+
+
+def _disclaimer_container(disclaimer: str) -> hd.sr.ContainerContentItem:
+    """TID 1500's report-level "Qualitative Evaluations" container holding the disclaimer as a comment."""
+    if not disclaimer.strip():
+        raise SrBuildError("the research-use disclaimer is empty")
+    container = hd.sr.ContainerContentItem(
+        name=QUALITATIVE_EVALUATIONS, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
+    )
+    container.ContentSequence = hd.sr.ContentSequence(
+        [
+            hd.sr.TextContentItem(
+                name=COMMENT, value=disclaimer, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
+            )
+        ]
+    )
+    return container

@@ -11,7 +11,7 @@ from pydicom import dcmread
 from dicom_io.codes import PRIVATE_SCHEME_DESIGNATOR
 from dicom_io.result import Result
 from dicom_io.seg import SegBuildError, build_seg, vertebra_labels_in_mask
-from tests.dicom_io.ct_series import CTSeries, binary_result, labelled_result
+from tests.dicom_io.ct_series import CTSeries, binary_result, labelled_result, write_ct_series
 
 
 def _roundtrip(seg: hd.seg.Segmentation) -> hd.seg.Segmentation:
@@ -169,3 +169,51 @@ def test_mismatches_fail_with_a_reason(ct_series: CTSeries, tmp_path: Path) -> N
     bad[0, 0, 0] = 27
     with pytest.raises(SegBuildError, match="27"):
         vertebra_labels_in_mask(np.where(bad > 0, np.maximum(bad, 2), 0).astype(np.uint8))
+
+
+def test_descriptions_say_what_the_seg_holds_and_that_it_is_research(ct_series: CTSeries) -> None:
+    def descriptions(result: Result, budget: int = 1 << 30) -> tuple[str, str]:
+        seg = build_seg(
+            ct_series.volume,
+            ct_series.datasets,
+            result,
+            series_number=90,
+            algorithm_version="v1",
+            max_overlap_bytes=budget,
+        )
+        assert len(seg.SeriesDescription) <= 64 and len(seg.ContentDescription) <= 64
+        return str(seg.SeriesDescription), str(seg.ContentDescription)
+
+    series, content = descriptions(binary_result(ct_series.volume))
+    assert series == "Spine segmentation (spine-agent, research use only)"
+    assert content == "Vertebral column; research use only"
+    lumbar = labelled_result(ct_series.volume, (22, 23, 24))
+    assert descriptions(lumbar)[1] == "Vertebral column + 3 vertebrae L3-L5; research use only"
+    assert descriptions(lumbar, budget=1)[1] == "3 vertebrae L3-L5; research use only"  # label-map fallback
+    assert descriptions(labelled_result(ct_series.volume, (22,)))[1] == (
+        "Vertebral column + vertebra L3; research use only"
+    )
+
+
+def test_geometry_that_would_pad_the_bit_stream_is_written_fractional(tmp_path: Path) -> None:
+    """Rows x columns not a multiple of 16 and an odd frame count: OHIF cannot read the padded BINARY
+    Pixel Data, so the SEG is FRACTIONAL with the same 0/1 pixels (dicom_io.seg docstring)."""
+    odd = write_ct_series(tmp_path / "ct", slices=11, rows=30, columns=30)  # 900 bits a frame
+    result = binary_result(odd.volume)
+    frames = int(result.mask.reshape(result.mask.shape[0], -1).any(axis=1).sum())
+    assert (frames * 900 + 7) // 8 % 2 == 1  # the case in point: BINARY would need a pad byte
+    seg = _roundtrip(build_seg(odd.volume, odd.datasets, result, series_number=90, algorithm_version="v1"))
+    assert seg.SegmentationType == "FRACTIONAL" and seg.MaximumFractionalValue == 1
+    assert seg.SegmentationFractionalType == "PROBABILITY" and seg.BitsAllocated == 8
+    np.testing.assert_array_equal(_mask_per_source_slice(seg, odd, 1) > 0, result.mask > 0)
+
+
+def test_regular_ct_geometry_stays_binary(ct_series: CTSeries) -> None:
+    seg = build_seg(
+        ct_series.volume,
+        ct_series.datasets,
+        labelled_result(ct_series.volume, (22, 23)),
+        series_number=90,
+        algorithm_version="v1",
+    )
+    assert seg.SegmentationType == "BINARY" and seg.BitsAllocated == 1  # 64 x 64: always byte-even

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from pydicom.sr.codedict import codes
 
-from dicom_io.codes import PRIVATE_SCHEME_DESIGNATOR
+from dicom_io.codes import PRIVATE_SCHEME_DESIGNATOR, RESEARCH_USE_DISCLAIMER
 from dicom_io.result import Landmark, Result
 from dicom_io.seg import build_seg
 from dicom_io.sr import SrBuildError, build_sr
@@ -32,6 +32,15 @@ def _groups(sr: hd.sr.Comprehensive3DSR) -> list[hd.sr.PlanarROIMeasurementsAndQ
     return list(_report(sr).get_planar_roi_measurement_groups())
 
 
+def _certainties(sr: hd.sr.Comprehensive3DSR) -> dict[str, hd.sr.Measurement]:
+    """The "Certainty of Finding" of each TID 1501 group, by Tracking Unique Identifier."""
+    found: dict[str, hd.sr.Measurement] = {}
+    for group in _report(sr).get_image_measurement_groups():
+        (measurement,) = group.get_measurements()
+        found[str(group.tracking_uid)] = measurement
+    return found
+
+
 def _finding(group: hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations) -> hd.sr.CodedConcept:
     assert group.finding_type is not None
     return group.finding_type
@@ -43,6 +52,14 @@ def test_points_tracking_and_codes_round_trip(ct_series: CTSeries) -> None:
 
     groups = _groups(sr)
     assert [g.tracking_identifier for g in groups] == ["L3", "L4", "L5"]
+    certainties = _certainties(sr)
+    # One TID 1501 group per vertebra, joined to its point by the tracking identifier and UID.
+    assert [str(g.tracking_identifier) for g in _report(sr).get_image_measurement_groups()] == [
+        "L3",
+        "L4",
+        "L5",
+    ]
+    assert certainties.keys() == {str(g.tracking_uid) for g in groups}
     by_name = {lm.name: lm for lm in result.landmarks}
     for group in groups:
         landmark = by_name[str(group.tracking_identifier)]
@@ -50,12 +67,14 @@ def test_points_tracking_and_codes_round_trip(ct_series: CTSeries) -> None:
         assert isinstance(roi, hd.sr.ImageRegion3D)
         assert roi.graphic_type == hd.sr.GraphicTypeValues3D.POINT
         assert roi.frame_of_reference_uid == ct_series.datasets[0].FrameOfReferenceUID
-        np.testing.assert_allclose(roi.value[0], landmark.position_lps, atol=0.01)
+        # written to 0.1 mm (stored as 32-bit floats)
+        np.testing.assert_allclose(roi.value[0], np.round(landmark.position_lps, 1), atol=1e-4)
         assert [site.value.value for site in group.finding_sites] == [_finding(group).value]
         assert _finding(group).scheme_designator == "SCT"
-        (certainty,) = group.get_measurements()
+        assert group.get_measurements() == []  # the certainty sits in the vertebra's TID 1501 group
+        certainty = certainties[str(group.tracking_uid)]
         assert certainty.name.value == "111012" and certainty.unit.value == "%"
-        assert certainty.value == pytest.approx(100 * landmark.confidence)
+        assert certainty.value == round(100 * landmark.confidence)  # a whole percentage
         texts = {
             item.ConceptNameCodeSequence[0].CodeMeaning: item.TextValue
             for item in group[0].ContentSequence
@@ -63,6 +82,21 @@ def test_points_tracking_and_codes_round_trip(ct_series: CTSeries) -> None:
         }
         assert (texts["Algorithm Name"], texts["Algorithm Version"]) == ("spine-agent", "v1")
     assert len({g.tracking_uid for g in groups}) == 3
+
+
+def test_report_says_it_is_a_research_result(ct_series: CTSeries) -> None:
+    result = labelled_result(ct_series.volume, (22,))
+    sr = _roundtrip(build_sr(ct_series.datasets, result, series_number=91, algorithm_version="v1"))
+    assert "research use only" in sr.SeriesDescription and len(sr.SeriesDescription) <= 64
+    (evaluations,) = [
+        item
+        for item in _report(sr)[0].ContentSequence
+        if item.ConceptNameCodeSequence[0].CodeMeaning == "Qualitative Evaluations"
+    ]
+    (comment,) = evaluations.ContentSequence
+    assert comment.ValueType == "TEXT" and comment.ConceptNameCodeSequence[0].CodeValue == "121106"
+    assert comment.TextValue == RESEARCH_USE_DISCLAIMER
+    assert "not a medical device" in RESEARCH_USE_DISCLAIMER and "synthetic" in RESEARCH_USE_DISCLAIMER
 
 
 def test_report_metadata_observer_and_evidence(ct_series: CTSeries) -> None:

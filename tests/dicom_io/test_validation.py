@@ -29,7 +29,7 @@ from dicom_io.validate import (
     validate_sr,
 )
 from tests.conftest import require_tool
-from tests.dicom_io.ct_series import CTSeries, binary_result, labelled_result
+from tests.dicom_io.ct_series import CTSeries, binary_result, labelled_result, write_ct_series
 
 pytestmark = pytest.mark.integration
 
@@ -79,6 +79,18 @@ def test_every_seg_passes_dciodvfy(ct_series: CTSeries, tmp_path: Path) -> None:
             _assert_clean(validate_seg(path), private_codes=private_codes)
 
 
+def test_fractional_seg_of_odd_geometry_passes_dciodvfy(tmp_path: Path) -> None:
+    """30 x 30 slices: the writer's FRACTIONAL fallback (dicom_io.seg) is as valid as BINARY."""
+    require_tool("dciodvfy")
+    odd = write_ct_series(tmp_path / "ct", slices=11, rows=30, columns=30)
+    result = binary_result(odd.volume)
+    seg = build_seg(odd.volume, odd.datasets, result, series_number=90, algorithm_version="v1")
+    assert seg.SegmentationType == "FRACTIONAL"
+    path = tmp_path / "seg.dcm"
+    seg.save_as(path)
+    _assert_clean(validate_seg(path), private_codes=False)
+
+
 def test_every_sr_passes_dciodvfy_pixelmed_and_dsrdump(
     ct_series: CTSeries, tmp_path: Path, sr_tools: None
 ) -> None:
@@ -104,11 +116,16 @@ def test_validators_do_report_errors(ct_series: CTSeries, tmp_path: Path, sr_too
     build_sr(ct_series.datasets, result, series_number=91, algorithm_version="v1").save_as(path)
     broken = dcmread(path)
     del broken.Modality
-    measurements = broken.ContentSequence[-1]
+    containers = {c.ConceptNameCodeSequence[0].CodeValue: c for c in broken.ContentSequence}
+    measurements = containers["126010"]
     measurements.ConceptNameCodeSequence[0].CodeValue = "999999"  # not "Imaging Measurements" any more
-    for item in measurements.ContentSequence[0].ContentSequence:
-        if item.ValueType == "NUM":
-            del item.MeasuredValueSequence[0].MeasurementUnitsCodeSequence
+    # nor "Qualitative Evaluations" (the disclaimer): the report now holds none of the containers TID 1500
+    # requires one of
+    containers["C0034375"].ConceptNameCodeSequence[0].CodeValue = "999998"
+    for group in measurements.ContentSequence:
+        for item in group.ContentSequence:
+            if item.ValueType == "NUM":
+                del item.MeasuredValueSequence[0].MeasurementUnitsCodeSequence
     broken_path = tmp_path / "broken.dcm"
     broken.save_as(broken_path)
 

@@ -72,7 +72,7 @@ def test_series_in_seg_and_sr_out_to_orthanc(
     assert seg.FrameOfReferenceUID == phantom_series.info.frame_of_reference_uid
     assert sr.StudyInstanceUID == seg.StudyInstanceUID == study_uid
 
-    # the SR's points are the engine's landmarks (as the worker wrote them) to 0.01 mm
+    # the SR's points are the engine's landmarks (as the worker wrote them), written to 0.1 mm
     out = agent.directory / "spool" / str(job.output_path)
     engine_landmarks = {
         lm["label"]: lm["position_lps_mm"] for lm in read_json(out / "landmarks.json")["landmarks"]
@@ -80,7 +80,7 @@ def test_series_in_seg_and_sr_out_to_orthanc(
     received = {lm.label: lm.position_lps for lm in landmarks_from_sr(sr)}
     assert received.keys() == engine_landmarks.keys() and len(received) >= 3
     for label, position in received.items():
-        np.testing.assert_allclose(position, engine_landmarks[label], atol=0.01)
+        np.testing.assert_allclose(position, engine_landmarks[label], atol=0.051)
 
     # a clean stop on SIGTERM, and nothing about the patient in the logs
     assert agent.terminate() == 0

@@ -1,6 +1,6 @@
 """SEG + SR from a project phantom written as DICOM and loaded back by ``dicom_io.series.load_series``:
 the writers work on the real loader's Volume, the ground-truth labels round-trip through the SEG, and the
-phantom's centroids through the SR's points (0.01 mm)."""
+phantom's centroids through the SR's points (written to 0.1 mm)."""
 
 from __future__ import annotations
 
@@ -68,7 +68,7 @@ def test_phantom_truth_round_trips_through_seg_and_sr(
     }
     assert set(points) == {lm.name for lm in truth.landmarks}
     for landmark in truth.landmarks:
-        np.testing.assert_allclose(points[landmark.name], landmark.position_lps, atol=0.01)
+        np.testing.assert_allclose(points[landmark.name], landmark.position_lps, atol=0.051)
 
 
 @pytest.mark.integration
