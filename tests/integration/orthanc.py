@@ -9,6 +9,9 @@ Other tests reuse them::
     from tests.integration.orthanc import orthanc  # noqa: F401  (the fixture)
     from tests.integration.orthanc import OrthancServer, start_orthanc
 
+``dicomweb=True`` loads Debian's DICOMweb plugin (package ``orthanc-dicomweb``) and serves the
+DICOMweb API at :attr:`OrthancServer.dicomweb_url` (``/dicom-web``), what the OHIF viewer test reads.
+
 Orthanc accepts C-STORE from any calling AE (``DicomAlwaysAllowStore``) and, by default, does not check
 the called AE title; ``check_called_aet=True`` makes it reject a wrong one. ``modalities`` declares the
 DICOM peers Orthanc may send to (e.g. the agent's SCP, for a routing test). Where ``Orthanc`` is not
@@ -36,11 +39,26 @@ import pytest
 
 from tests.conftest import free_port
 
-__all__ = ["OrthancServer", "find_orthanc", "orthanc", "start_orthanc"]
+__all__ = [
+    "OrthancServer",
+    "find_dicomweb_plugin",
+    "find_orthanc",
+    "orthanc",
+    "require_orthanc",
+    "require_orthanc_dicomweb",
+    "start_orthanc",
+]
 
 log = logging.getLogger(__name__)
 
 _CANDIDATES = ("Orthanc", "/usr/sbin/Orthanc", "/usr/bin/Orthanc")
+#: Where Debian's ``orthanc-dicomweb`` puts the plugin.
+_DICOMWEB_PLUGINS = (
+    Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so"),
+    Path("/usr/lib/orthanc/libOrthancDicomWeb.so"),
+)
+#: Root of the DICOMweb API on Orthanc's HTTP port.
+DICOMWEB_ROOT = "/dicom-web"
 
 
 def find_orthanc() -> str | None:
@@ -50,6 +68,11 @@ def find_orthanc() -> str | None:
         if path is not None:
             return path
     return None
+
+
+def find_dicomweb_plugin() -> Path | None:
+    """Path of Orthanc's DICOMweb plugin, or None."""
+    return next((path for path in _DICOMWEB_PLUGINS if path.is_file()), None)
 
 
 @dataclass
@@ -66,6 +89,11 @@ class OrthancServer:
     @property
     def base_url(self) -> str:
         return f"http://{self.host}:{self.http_port}"
+
+    @property
+    def dicomweb_url(self) -> str:
+        """The DICOMweb root (only served when started with ``dicomweb=True``)."""
+        return f"{self.base_url}{DICOMWEB_ROOT}"
 
     @property
     def log_path(self) -> Path:
@@ -123,7 +151,12 @@ def _config(
     http_port: int,
     check_called_aet: bool,
     modalities: Mapping[str, tuple[str, str, int]],
+    dicomweb_plugin: Path | None,
 ) -> dict[str, Any]:
+    dicomweb = {
+        "Plugins": [str(dicomweb_plugin)],
+        "DicomWeb": {"Enable": True, "Root": f"{DICOMWEB_ROOT}/", "EnableWado": False, "Ssl": False},
+    }
     return {
         "Name": "spine-agent-test-pacs",
         "StorageDirectory": str(directory / "storage"),
@@ -141,6 +174,7 @@ def _config(
         "DicomCheckModalityHost": False,
         "DicomModalities": {name: list(peer) for name, peer in modalities.items()},
         "Plugins": [],
+        **(dicomweb if dicomweb_plugin is not None else {}),
         "SaveJobs": False,
         "StorageCompression": False,
         "UnknownSopClassAccepted": False,
@@ -155,16 +189,21 @@ def start_orthanc(
     modalities: Mapping[str, tuple[str, str, int]] | None = None,
     dicom_port: int | None = None,
     http_port: int | None = None,
+    dicomweb: bool = False,
     startup_timeout_s: float = 60.0,
 ) -> OrthancServer:
     """Start Orthanc with its files under ``directory``; ports are free loopback ports unless given.
 
-    ``modalities`` maps a name to ``(AE title, host, port)``. Raises ``FileNotFoundError`` when Orthanc is
-    not installed and ``RuntimeError`` (with the end of its log) when it does not come up in time.
+    ``modalities`` maps a name to ``(AE title, host, port)``; ``dicomweb`` loads the DICOMweb plugin.
+    Raises ``FileNotFoundError`` when Orthanc (or the plugin asked for) is not installed and
+    ``RuntimeError`` (with the end of its log) when it does not come up in time.
     """
     binary = find_orthanc()
     if binary is None:
         raise FileNotFoundError("Orthanc is not installed (Debian package 'orthanc')")
+    plugin = find_dicomweb_plugin() if dicomweb else None
+    if dicomweb and plugin is None:
+        raise FileNotFoundError("Orthanc's DICOMweb plugin is missing (Debian package 'orthanc-dicomweb')")
     directory.mkdir(parents=True, exist_ok=True)
     dicom_port = dicom_port or free_port()
     http_port = http_port or free_port()
@@ -176,6 +215,7 @@ def start_orthanc(
         http_port=http_port,
         check_called_aet=check_called_aet,
         modalities=modalities or {},
+        dicomweb_plugin=plugin,
     )
     config_path.write_text(json.dumps(config, indent=2))
     log_file = (directory / "orthanc.log").open("wb")
@@ -205,6 +245,15 @@ def require_orthanc() -> None:
         if os.environ.get("CI"):
             pytest.fail("Orthanc is not installed; .ci/run must install the Debian package 'orthanc'")
         pytest.skip("Orthanc is not installed")
+
+
+def require_orthanc_dicomweb() -> None:
+    """Like :func:`require_orthanc`, for Orthanc with its DICOMweb plugin."""
+    require_orthanc()
+    if find_dicomweb_plugin() is None:
+        if os.environ.get("CI"):
+            pytest.fail("Orthanc's DICOMweb plugin is missing; .ci/run must install 'orthanc-dicomweb'")
+        pytest.skip("Orthanc's DICOMweb plugin is not installed (orthanc-dicomweb)")
 
 
 @pytest.fixture
