@@ -13,6 +13,8 @@ of a transition cost:
 * anatomical variants cost ``variant_cost``: T12 -> T13 -> L1 (13 thoracic), L5 -> L6 (6 lumbar),
   T11 -> L1 (11 thoracic, 11 rib pairs);
 * a label skipped (a vertebra the detector missed) costs ``skip_cost``;
+* a detection left out of the chain (a second answer on one vertebra, or bone that is not a vertebra)
+  costs ``drop_cost``;
 * the spacing term ``0.5 ((d - mean) / std)^2`` (capped) compares the distance between the two body
   centroids with the neighbour offset learnt from the training phantoms for that pair of labels (the
   sum of the pairs' means and variances across a skipped label).
@@ -45,7 +47,9 @@ _NEXT[L5] = L6
 #: Spacing (mm) between consecutive body centroids when no fitted value exists, by the lower label's
 #: region: (mean, std). Cervical bodies ~15 mm high + discs, thoracic ~20-28, lumbar ~35.
 _FALLBACK = {"C": (16.0, 3.5), "T": (24.0, 4.5), "L": (35.0, 5.5)}
-SPACING_CAP = 12.0
+SPACING_CAP = 8.0
+#: The chain may leave out at most this many detections in a row.
+MAX_DROPPED_IN_A_ROW = 3
 
 
 def _region(label: int) -> str:
@@ -83,6 +87,8 @@ class ChainPrior:
     unary_weight: float = 1.0
     variant_cost: float = 3.0
     skip_cost: float = 6.0
+    #: Cost of leaving a detection out of the chain (a duplicate, or not a vertebra).
+    drop_cost: float = 3.0
     #: Patient size relative to the training phantoms (set per chain by :func:`label_chain`).
     scale: float = 1.0
 
@@ -99,13 +105,14 @@ class ChainPrior:
     def to_json(self) -> dict[str, Any]:
         return {"spacing": [[a, b, m, s] for (a, b), (m, s) in sorted(self.spacing.items())],
                 "unary_weight": self.unary_weight, "variant_cost": self.variant_cost,
-                "skip_cost": self.skip_cost}
+                "skip_cost": self.skip_cost, "drop_cost": self.drop_cost}
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> ChainPrior:
         spacing = {(int(a), int(b)): (float(m), float(s)) for a, b, m, s in d.get("spacing", [])}
         return cls(spacing=spacing, unary_weight=float(d["unary_weight"]),
-                   variant_cost=float(d["variant_cost"]), skip_cost=float(d["skip_cost"]))
+                   variant_cost=float(d["variant_cost"]), skip_cost=float(d["skip_cost"]),
+                   drop_cost=float(d.get("drop_cost", 3.0)))
 
 
 def fit_chain_prior(subjects: Sequence[Mapping[int, Sequence[float]]], min_std_mm: float = 2.0,
@@ -128,7 +135,8 @@ def fit_chain_prior(subjects: Sequence[Mapping[int, Sequence[float]]], min_std_m
 
 @dataclass(frozen=True)
 class ChainResult:
-    labels: list[int]
+    #: One entry per input vertebra: its label, or None where the chain drops it.
+    labels: list[int | None]
     cost: float
 
 
@@ -138,17 +146,27 @@ SCALES = tuple(float(s) for s in np.round(np.arange(0.8, 1.2001, 0.05), 3))
 SCALE_COST = 2.0  # per unit of |log scale|^2 / 0.01, i.e. 2 nats at 10 % off
 
 
+def drop_costs(p_none: npt.ArrayLike, prior: ChainPrior) -> npt.NDArray[np.float64]:
+    """Per-detection cost of leaving it out: the base cost plus the log-odds that it is a vertebra (a
+    detection the level head is sure about is expensive to drop; clipped to 0..6 nats)."""
+    p = np.clip(np.asarray(p_none, dtype=np.float64), 1e-6, 1 - 1e-6)
+    return prior.drop_cost + np.clip(np.log((1 - p) / p), 0.0, 6.0)
+
+
 def label_chain(positions: npt.ArrayLike, log_probs: npt.ArrayLike, labels: Sequence[int],
-                prior: ChainPrior | None = None) -> ChainResult:
+                prior: ChainPrior | None = None, drop: npt.ArrayLike | None = None) -> ChainResult:
     """The minimum-cost labelling of vertebrae given cranial first, over a range of patient sizes.
 
     ``positions``: ``(N, 3)`` LPS mm body centroids, cranio-caudal order; ``log_probs``: ``(N, len(labels))``
-    log probabilities of each label (the classes' order is ``labels``)."""
+    log probabilities of each label (the classes' order is ``labels``); ``drop``: ``(N,)`` cost of leaving
+    each detection out (default ``prior.drop_cost`` each; see :func:`drop_costs`)."""
     prior = prior or ChainPrior()
+    n = len(np.asarray(positions).reshape(-1, 3))
+    drop_arr = np.full(n, prior.drop_cost) if drop is None else np.asarray(drop, dtype=np.float64).reshape(n)
     best: ChainResult | None = None
     for scale in SCALES:
         scaled = replace(prior, scale=scale)
-        res = _label_chain(positions, log_probs, labels, scaled)
+        res = _label_chain(positions, log_probs, labels, scaled, drop_arr)
         total = res.cost + SCALE_COST * float(np.log(scale)) ** 2 / 0.01
         if best is None or total < best.cost:
             best = ChainResult(res.labels, total)
@@ -157,40 +175,42 @@ def label_chain(positions: npt.ArrayLike, log_probs: npt.ArrayLike, labels: Sequ
 
 
 def _label_chain(positions: npt.ArrayLike, log_probs: npt.ArrayLike, labels: Sequence[int],
-                 prior: ChainPrior) -> ChainResult:
+                 prior: ChainPrior, drop: npt.NDArray[np.float64]) -> ChainResult:
+    """Viterbi over (last named candidate, its label); candidates between two named ones are dropped
+    (a duplicate answer, or a detection that is not a vertebra) at ``drop[t]`` each."""
     pos = np.asarray(positions, dtype=np.float64).reshape(-1, 3)
     lp = np.asarray(log_probs, dtype=np.float64).reshape(len(pos), len(labels))
     n = len(pos)
     if n == 0:
         return ChainResult([], 0.0)
+    n_lab = len(labels)
     index = {lab: c for c, lab in enumerate(labels)}
     fixed = {0.0: 0.0, 1.0: prior.variant_cost, 2.0: prior.skip_cost}
+    moves = [[(index[lo], fixed[key], pairs) for lo, key, pairs in transitions(up) if lo in index]
+             for up in labels]
     unary = -prior.unary_weight * lp
-    cost = unary[0].copy()
-    back = np.full((n, len(labels)), -1, dtype=np.int64)
+    before = np.concatenate([[0.0], np.cumsum(drop)])  # before[t]: cost of dropping candidates 0..t-1
+    # best[t, c]: cost of the best chain whose last named candidate is t, named labels[c].
+    best = unary + before[:n, None]
+    back = np.full((n, n_lab, 2), -1, dtype=np.int64)
     for t in range(1, n):
-        d = float(np.linalg.norm(pos[t] - pos[t - 1]))
-        new = np.full(len(labels), np.inf)
-        for c_up, upper in enumerate(labels):
-            if not np.isfinite(cost[c_up]):
-                continue
-            for lower, key, pairs in transitions(upper):
-                c_lo = index.get(lower)
-                if c_lo is None:
+        for u in range(max(0, t - 1 - MAX_DROPPED_IN_A_ROW), t):
+            d = float(np.linalg.norm(pos[t] - pos[u]))
+            gap = before[t] - before[u + 1]
+            for c_up in range(n_lab):
+                base = best[u, c_up]
+                if not np.isfinite(base):
                     continue
-                v = cost[c_up] + fixed[key] + prior.spacing_cost(pairs, d) + unary[t, c_lo]
-                if v < new[c_lo]:
-                    new[c_lo] = v
-                    back[t, c_lo] = c_up
-        if not np.isfinite(new).any():  # more vertebrae below L6 than labels: keep the chain so far
-            n = t
-            break
-        cost = new
-    c = int(np.argmin(cost))
-    total = float(cost[c])
-    out = [c]
-    for t in range(n - 1, 0, -1):
-        c = int(back[t, c])
-        out.append(c)
-    return ChainResult([labels[c] for c in reversed(out)], total)
-
+                for c_lo, fixed_cost, pairs in moves[c_up]:
+                    v = base + gap + fixed_cost + prior.spacing_cost(pairs, d) + unary[t, c_lo]
+                    if v < best[t, c_lo]:
+                        best[t, c_lo] = v
+                        back[t, c_lo] = (u, c_up)
+    total_cost = best + (before[n] - before[1:n + 1])[:, None]
+    t, c = (int(v) for v in np.unravel_index(int(np.argmin(total_cost)), total_cost.shape))
+    total = float(total_cost[t, c])
+    out: list[int | None] = [None] * n
+    while t >= 0:
+        out[t] = labels[c]
+        t, c = (int(v) for v in back[t, c])
+    return ChainResult(out, total)

@@ -28,7 +28,7 @@ from scipy import ndimage
 
 from dicom_io.result import Landmark, Result
 from dicom_io.volume import Volume
-from inference.engine.chain import label_chain
+from inference.engine.chain import drop_costs, label_chain
 from inference.engine.networks import ISEVNet, VertebraLocaliser
 from inference.engine.plan import HU_OUTSIDE, EnginePlan, Stage1Plan, Stage2Plan, normalise_hu
 from inference.engine.resample import Grid, resample, volume_bounds_lps, world_box_grid
@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 
 #: Where shipped weights live: ``weights/<version>/`` at the repository root.
 WEIGHTS_ROOT = Path(__file__).resolve().parents[2] / "weights"
+#: Where an installed wheel puts them (setup.py data files): ``<prefix>/share/spine-agent/weights``.
+INSTALLED_WEIGHTS = Path("share") / "spine-agent" / "weights"
 CHECKSUM_FILE = "SHA256SUMS"
 #: Stage-2 crops per forward pass.
 CROP_BATCH = 8
@@ -53,13 +55,28 @@ def _version_key(name: str) -> tuple[tuple[int, ...], str]:
     return nums, name
 
 
+def shipped_weights_roots() -> list[Path]:
+    """Where shipped weights are looked for, in order: a repository checkout's ``weights/``, then the
+    data folder of an installed wheel (``<prefix>/share/spine-agent/weights``; venv, system, user)."""
+    import site
+    import sys
+    import sysconfig
+
+    prefixes = [Path(sysconfig.get_path("data")), Path(sys.prefix), Path(site.getuserbase())]
+    roots = [WEIGHTS_ROOT, *(prefix / INSTALLED_WEIGHTS for prefix in prefixes)]
+    return list(dict.fromkeys(roots))
+
+
 def default_weights_dir(root: Path | None = None) -> Path:
-    """The newest shipped weights version under ``weights/`` (by version number in the folder name)."""
-    base = WEIGHTS_ROOT if root is None else Path(root)
-    versions = [p for p in base.iterdir() if (p / "engine.json").is_file()] if base.is_dir() else []
-    if not versions:
-        raise WeightsError(f"no engine weights under {base} (expected {base}/<version>/engine.json)")
-    return max(versions, key=lambda p: _version_key(p.name))
+    """The newest shipped weights version (by version number in the folder name) under ``root``, or
+    under the first of :func:`shipped_weights_roots` that holds any."""
+    bases = shipped_weights_roots() if root is None else [Path(root)]
+    for base in bases:
+        versions = [p for p in base.iterdir() if (p / "engine.json").is_file()] if base.is_dir() else []
+        if versions:
+            return max(versions, key=lambda p: _version_key(p.name))
+    where = " or ".join(str(b) for b in bases)
+    raise WeightsError(f"no engine weights under {where} (expected <that folder>/<version>/engine.json)")
 
 
 def sha256_file(path: Path) -> str:
@@ -307,7 +324,9 @@ class Engine:
             moved = np.linalg.norm(pts - current[active], axis=1)
             final_pts[active] = pts
             final_probs[active] = probs
-            keep[active] = probs[:, -1] < p.none_threshold
+            # An answer counts once it is a fixed point (its own crop gives it back); crops that keep
+            # moving (between two vertebrae) are left out.
+            keep[active] = (probs[:, -1] < p.none_threshold) & (moved < 2 * p.converge_mm)
             settled = (moved < p.converge_mm) | (probs[:, -1] >= p.none_threshold) | (it == p.max_iters - 1)
             current[active] = pts
             active = active[~settled]
@@ -327,10 +346,13 @@ class Engine:
         verts = sorted(vertebrae, key=lambda v: -float(v.position_lps[2]))
         pos = np.stack([v.position_lps for v in verts])
         logp = np.log(np.clip(np.stack([v.probs for v in verts]), 1e-6, 1.0))
-        chain = label_chain(pos, logp, self.plan.stage2.labels, self.plan.chain)
+        drop = drop_costs([v.p_none for v in verts], self.plan.chain)
+        chain = label_chain(pos, logp, self.plan.stage2.labels, self.plan.chain, drop)
         index = {lab: c for c, lab in enumerate(self.plan.stage2.labels)}
         out = []
-        for v, lab in zip(verts, chain.labels, strict=False):
+        for v, lab in zip(verts, chain.labels, strict=True):
+            if lab is None:
+                continue
             conf = float(v.probs[index[lab]]) * (1.0 - v.p_none)
             x, y, z = (float(t) for t in v.position_lps)
             out.append(Landmark(label=lab, position_lps=(x, y, z), confidence=conf))

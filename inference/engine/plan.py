@@ -80,7 +80,7 @@ class Stage2Plan:
     labels: tuple[int, ...] = ENGINE_LABELS
     #: Seed points every this many mm along the stage-1 spine.
     seed_step_mm: float = 12.0
-    max_iters: int = 3
+    max_iters: int = 4
     converge_mm: float = 2.0
     merge_mm: float = 10.0
     #: A crop whose "no vertebra" probability reaches this is dropped.

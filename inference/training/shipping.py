@@ -46,6 +46,12 @@ def package_weights(stage1_run: Path, stage2_run: Path, out_dir: Path, version: 
     if stage1_stride is not None:
         s1 = replace(s1, stride=stage1_stride)
     s2 = Stage2Plan.from_json(_stage_plan(stage2_run))  # type: ignore[arg-type]
+    # What the network learnt comes from the run; how the engine searches with it (seed step, re-centring,
+    # merging, thresholds, edge margin) is not trained, so the current defaults apply.
+    search = Stage2Plan()
+    s2 = replace(s2, seed_step_mm=search.seed_step_mm, max_iters=search.max_iters,
+                 converge_mm=search.converge_mm, merge_mm=search.merge_mm,
+                 none_threshold=search.none_threshold, edge_margin_mm=search.edge_margin_mm)
     plan = EnginePlan(version=version, stage1=s1, stage2=s2, chain=chain or ChainPrior())
     out_dir.mkdir(parents=True, exist_ok=True)
     for run, name in ((stage1_run, s1.weights), (stage2_run, s2.weights)):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from dicom_io.labels import ENGINE_LABELS, vertebra_name
-from inference.engine.chain import ChainPrior, fit_chain_prior, label_chain, transitions
+from inference.engine.chain import ChainPrior, drop_costs, fit_chain_prior, label_chain, transitions
 
 LABELS = ENGINE_LABELS
 T11, T12, T13, L1, L2, L3, L4, L5, L6 = 18, 19, 28, 20, 21, 22, 23, 24, 25
@@ -70,14 +70,16 @@ def test_thirteen_thoracic_vertebrae_use_t13() -> None:
     true = [T11, T12, T13, L1, L2, L3, L4, L5]
     # The extra vertebra's own evidence is split between T12 and L1; its neighbours are sure.
     ev = _evidence(true, strength=0.8, overrides={2: {T12: 0.3, L1: 0.3, T13: 0.05}})
-    got = label_chain(_positions(true), ev, LABELS).labels
+    sure = drop_costs(np.full(len(true), 0.02), ChainPrior())  # every detection is surely a vertebra
+    got = label_chain(_positions(true), ev, LABELS, drop=sure).labels
     assert names(got) == ["T11", "T12", "T13", "L1", "L2", "L3", "L4", "L5"]
 
 
 def test_six_lumbar_vertebrae_use_l6() -> None:
     true = [T12, L1, L2, L3, L4, L5, L6]
     ev = _evidence(true, strength=0.8, overrides={6: {L5: 0.5, L6: 0.05}})
-    got = label_chain(_positions(true), ev, LABELS).labels
+    sure = drop_costs(np.full(len(true), 0.02), ChainPrior())
+    got = label_chain(_positions(true), ev, LABELS, drop=sure).labels
     assert names(got) == ["T12", "L1", "L2", "L3", "L4", "L5", "L6"]
 
 
@@ -86,7 +88,7 @@ def test_missing_vertebra_is_skipped_not_renamed() -> None:
     true = [L1, L2, L4, L5]
     pos = _positions(true, gaps={L4: SPACING["L"]})
     ev = _evidence(true, strength=0.5)
-    got = label_chain(pos, ev, LABELS).labels
+    got = label_chain(pos, ev, LABELS, drop=drop_costs(np.full(len(true), 0.02), ChainPrior())).labels
     assert names(got) == ["L1", "L2", "L4", "L5"]
 
 
@@ -97,12 +99,27 @@ def test_spacing_decides_between_equal_evidence() -> None:
     assert names(label_chain(_positions(true), ev, LABELS).labels) == ["L1", "L2", "L3"]
 
 
-def test_more_vertebrae_than_labels_keeps_a_valid_prefix() -> None:
+def test_more_vertebrae_than_labels_drops_the_excess() -> None:
     pos = np.array([[0.0, 0.0, -20.0 * n] for n in range(30)])
     ev = np.log(np.full((30, len(LABELS)), 1.0 / len(LABELS)))
-    got = label_chain(pos, ev, LABELS).labels
+    got = [v for v in label_chain(pos, ev, LABELS).labels if v is not None]
     assert 0 < len(got) <= 26
     assert len(set(got)) == len(got)
+
+
+def test_a_detection_between_two_vertebrae_is_dropped() -> None:
+    # A second answer half-way between L1 and L2 (not settled on a body), unsure of its level.
+    pos = np.array([[0.0, 0.0, 0.0], [0.0, 0.0, -17.0], [0.0, 0.0, -35.0], [0.0, 0.0, -70.0]])
+    ev = _evidence([L1, L1, L2, L3], overrides={1: {L1: 0.3, L2: 0.3}})
+    got = label_chain(pos, ev, LABELS, drop=drop_costs([0.05, 0.4, 0.05, 0.05], ChainPrior())).labels
+    assert got == [L1, None, L2, L3]
+
+
+def test_a_sure_vertebra_is_named_not_dropped() -> None:
+    true = [L1, L2, L3]
+    ev = _evidence(true, strength=0.9, overrides={1: {L2: 0.2, L3: 0.2}})
+    sure = drop_costs(np.full(3, 0.01), ChainPrior())
+    assert label_chain(_positions(true), ev, LABELS, drop=sure).labels == true
 
 
 def test_empty_chain() -> None:
