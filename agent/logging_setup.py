@@ -190,6 +190,30 @@ _QUIET_LOGGERS: dict[str, int] = {
 }
 
 
+#: pynetdicom's ERROR lines for transport failures the agent handles itself (the sender retries and logs
+#: "will retry at ..."; the echo command and the SCP say what happened in their own line).
+_PYNETDICOM_HANDLED = re.compile(
+    r"^(Association request failed: unable to connect to remote|TCP Initialisation Error|"
+    r"Association Rejected|Result: Rejected|Reason: |Association Aborted|"
+    r"Connection closed while waiting for DIMSE message|DIMSE timeout reached|Network timeout reached)"
+)
+
+
+class HandledTransportErrors(logging.Filter):
+    """pynetdicom's transport errors become DEBUG records: journald's ``-p err`` then alerts only on what
+    needs an admin, and the agent's own line (one per attempt) says what happens next."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if (
+            record.levelno >= logging.WARNING
+            and record.name.startswith("pynetdicom")
+            and _PYNETDICOM_HANDLED.match(record.getMessage())
+        ):
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return logging.getLogger().isEnabledFor(logging.DEBUG)
+        return True
+
+
 class _AgentHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """Marks the handler :func:`configure_logging` installed, so a second call replaces it."""
 
@@ -198,6 +222,7 @@ def make_handler(settings: LoggingSettings, stream: TextIO | None = None) -> log
     """A stream handler with the configured format and the patient-data filter."""
     handler = _AgentHandler(stream if stream is not None else sys.stderr)
     handler.setFormatter(JsonLinesFormatter() if settings.format == "json" else TextFormatter())
+    handler.addFilter(HandledTransportErrors())
     handler.addFilter(PatientDataFilter())
     return handler
 

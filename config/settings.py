@@ -29,6 +29,9 @@ from config.errors import ConfigError
 #: Where ``serve`` and the other commands look when neither ``--config`` nor ``SPINE_AGENT_CONFIG`` is set.
 DEFAULT_CONFIG_PATH = Path("/etc/spine-agent/config.toml")
 
+#: A ledger URL: dialect[+driver]://rest (SQLite and PostgreSQL are the two the ledger supports).
+_LEDGER_URL = re.compile(r"^(?P<dialect>sqlite|postgresql)(\+\w+)?://(?P<rest>.*)$")
+
 # DICOM PS3.5 6.2: an AE title is 1-16 characters of the default repertoire, no backslash or controls.
 _AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")
 
@@ -115,6 +118,19 @@ class LedgerSettings(_Section):
     lease_s: float = Field(default=900.0, gt=0)
     #: Attempts before a job is FAILED for good.
     max_attempts: int = Field(default=3, ge=1)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        # Checked here so that `config check` refuses what the ledger would refuse at start.
+        match = _LEDGER_URL.match(value)
+        if match is None:
+            raise ValueError(
+                "sqlite:///RELATIVE/PATH, sqlite:////ABSOLUTE/PATH or postgresql+psycopg://USER@HOST/DB"
+            )
+        if match.group("dialect") == "sqlite" and not match.group("rest").startswith("/"):
+            raise ValueError("a SQLite file as sqlite:///RELATIVE/PATH or sqlite:////ABSOLUTE/PATH")
+        return value
 
 
 class EngineSettings(_Section):

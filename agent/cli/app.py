@@ -13,13 +13,15 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from agent.cli.commands import demo, evaluate, phantom, predict, serve, train
-from agent.cli.state import STATE, settings
+from agent.cli.state import STATE, config_origin, settings
 from agent.errors import UserError
 from agent.web.views import age, delivery_as_dict, job_as_dict
 from config import ConfigError, Settings, example_toml, parse_toml, settings_from_mapping
+from dicom_io.uids import uid_digest
 from storage import IllegalTransition, JobState, Ledger, LedgerError
 
 console = Console()
@@ -36,10 +38,12 @@ config_app = typer.Typer(help="Check or print the configuration.", no_args_is_he
 db_app = typer.Typer(help="Ledger database maintenance.", no_args_is_help=True)
 jobs_app = typer.Typer(help="Inspect and steer jobs in the ledger.", no_args_is_help=True)
 deliveries_app = typer.Typer(help="Inspect and re-send result deliveries.", no_args_is_help=True)
+destinations_app = typer.Typer(help="The configured result destinations.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 app.add_typer(db_app, name="db")
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(deliveries_app, name="deliveries")
+app.add_typer(destinations_app, name="destinations")
 
 @app.callback()
 def _root(
@@ -56,8 +60,19 @@ def _root(
     STATE.config_path = config
 
 
-def open_ledger(cfg: Settings) -> Ledger:
-    """Open the ledger and bring its schema up to date."""
+def open_ledger(cfg: Settings, *, create: bool = False) -> Ledger:
+    """Open the ledger and bring its schema up to date.
+
+    A SQLite file that does not exist is an error (usually a missing ``--config``), not an empty ledger,
+    unless ``create`` (``db upgrade``)."""
+    from agent.service.preflight import sqlite_path
+
+    path = sqlite_path(cfg.ledger.url)
+    if not create and path is not None and not path.expanduser().exists():
+        raise UserError(
+            f"no ledger at {path.expanduser().absolute()} (ledger.url of {config_origin()}); "
+            "pass --config FILE or set SPINE_AGENT_CONFIG, or create it with `spine-agent db upgrade`"
+        )
     ledger = Ledger(cfg.ledger.url, max_attempts=cfg.ledger.max_attempts)
     ledger.upgrade()
     return ledger
@@ -95,9 +110,33 @@ def config_check(
         except OSError as exc:
             raise UserError(f"cannot read {path}: {exc.strerror or exc}") from None
     cfg = settings_from_mapping(parse_toml(text, origin), origin=origin)
+    from agent.service.preflight import port_in_use, startup_problems
+
+    problems = startup_problems(cfg)
+    for problem in problems:
+        err_console.print(f"error: {origin}: {problem}", markup=False, highlight=False)
+    if problems:
+        raise typer.Exit(2)
+    ports = [("dicom.port", cfg.dicom.bind_address, cfg.dicom.port)]
+    if cfg.http.port:
+        ports.append(("http.port", cfg.http.bind_address, cfg.http.port))
+    for key, host, port in ports:
+        if port_in_use(host, port):
+            err_console.print(
+                f"warning: {key} = {port}: {host}:{port} is in use now (by a running agent?); "
+                "serve would fail unless it is freed",
+                markup=False,
+                highlight=False,
+            )
+    if not cfg.destinations:
+        err_console.print(
+            "warning: no [[destinations]]: results would be sent nowhere", markup=False, highlight=False
+        )
     console.print(
         f"{origin}: valid (AE {cfg.dicom.ae_title} on port {cfg.dicom.port}, "
-        f"{len(cfg.destinations)} destination(s))"
+        f"{_count(len(cfg.destinations), 'destination')})",
+        markup=False,
+        highlight=False,
     )
 
 
@@ -105,11 +144,16 @@ def config_check(
 def db_upgrade() -> None:
     """Create or migrate the ledger schema to the newest version."""
     cfg = settings()
-    ledger = open_ledger(cfg)
+    ledger = open_ledger(cfg, create=True)
     from storage.migrate import current_revision
 
     console.print(f"ledger at revision {current_revision(ledger.engine)}")
     ledger.close()
+
+
+def _count(n: int, noun: str, plural: str | None = None) -> str:
+    """``1 job``, ``2 jobs``, ``3 deliveries``."""
+    return f"{n} {noun if n == 1 else (plural or noun + 's')}"
 
 
 # --- jobs ---------------------------------------------------------------------------------------------
@@ -154,23 +198,47 @@ def jobs_list(
         sys.stdout.write(json.dumps([job_as_dict(j) for j in jobs], indent=2) + "\n")
         return
     now = datetime.now(UTC)
-    table = Table(title=f"{len(jobs)} job(s)")
-    for column in ("id", "state", "series", "ver", "inst", "age", "attempts", "reason"):
-        table.add_column(column)
-    colours = {"SUCCEEDED": "green", "FAILED": "red", "RUNNING": "cyan", "QUEUED": "yellow"}
+    # Fits 80 columns: the series by the digest the log uses (`jobs show ID` gives the full UIDs).
+    table = Table(title=_count(len(jobs), "job"), caption="series: digest of the Series UID, as in the log")
+    table.add_column("id", justify="right", no_wrap=True)
+    table.add_column("state", no_wrap=True)
+    table.add_column("series", no_wrap=True)
+    table.add_column("v", justify="right", no_wrap=True)
+    table.add_column("inst", justify="right", no_wrap=True)
+    table.add_column("age", justify="right", no_wrap=True)
+    table.add_column("try", justify="right", no_wrap=True)
+    table.add_column("reason", overflow="fold")
     for job in jobs:
-        uid = job.series.series_instance_uid
         table.add_row(
             str(job.id),
-            f"[{colours.get(job.state.value, 'white')}]{job.state.value}[/]",
-            uid if len(uid) <= 28 else "…" + uid[-27:],
+            f"[{_COLOURS.get(job.state.value, 'white')}]{job.state.value}[/]",
+            uid_digest(job.series.series_instance_uid),
             str(job.series.version),
             str(job.series.instance_count),
             age(job.created_at, now),
             str(job.attempts),
-            job.failure_reason or "",
+            escape(job.failure_reason or ""),
         )
     console.print(table)
+
+
+_COLOURS = {"SUCCEEDED": "green", "FAILED": "red", "RUNNING": "cyan", "QUEUED": "yellow", "SKIPPED": "blue"}
+
+
+def _when(value: str | None) -> str:
+    """An ISO time as ``2026-11-29 19:53:21`` (UTC), or ``-``."""
+    if not value:
+        return "-"
+    return datetime.fromisoformat(value).astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _timings(timings: dict[str, float] | None) -> str:
+    """``load 0.42 s, stage1 2.10 s, ...`` instead of a Python dict."""
+    if not timings:
+        return "-"
+    return ", ".join(
+        f"{k} {v:.2f} s" if isinstance(v, int | float) else f"{k} {v}" for k, v in timings.items()
+    )
 
 
 @jobs_app.command("show")
@@ -188,16 +256,32 @@ def jobs_show(
     if as_json:
         sys.stdout.write(json.dumps(data, indent=2) + "\n")
         return
-    table = Table(show_header=False, title=f"job {job_id}")
-    for key, value in data.items():
-        if key in ("events", "deliveries"):
-            continue
-        table.add_row(key, "" if value is None else str(value))
-    console.print(table)
+    # Label: value lines (full UIDs, never cut; a long value wraps at the terminal's edge).
+    state = data["state"]
+    colour = _COLOURS.get(state, "white")
+    console.print(f"[bold]job {job_id}[/]  [{colour}]{state}[/]  attempts {data['attempts']}")
+    series_uid = data["series_instance_uid"]
+    rows = [
+        ("series", f"{series_uid}  (log digest {uid_digest(series_uid)})"),
+        ("study", data["study_instance_uid"]),
+        ("version", f"{data['series_version']}, {_count(data['instances'], 'instance')}"),
+        ("created", _when(data["created_at"])),
+        ("started", _when(data["started_at"])),
+        ("finished", _when(data["finished_at"])),
+        ("model", data["model_version"] or "-"),
+        ("timings", _timings(data["timings"])),
+        ("output", data["output_path"] or "-"),
+        ("lease", data["lease_owner"] or "-"),
+    ]
+    if data["failure_reason"]:
+        rows.append(("reason", data["failure_reason"]))
+    for label, value in rows:
+        console.print(f"  {label:<9}{escape(str(value))}", highlight=False)
     if data.get("deliveries"):
         dtable = Table(title="deliveries")
-        for column in ("id", "destination", "state", "attempts", "last status", "last error"):
-            dtable.add_column(column)
+        for column in ("id", "destination", "state", "try", "status"):
+            dtable.add_column(column, no_wrap=True)
+        dtable.add_column("last error", overflow="fold")
         for d in data["deliveries"]:
             dtable.add_row(
                 str(d["id"]),
@@ -205,14 +289,15 @@ def jobs_show(
                 d["state"],
                 str(d["attempts"]),
                 d["last_status"] or "",
-                d["last_error"] or "",
+                escape(d["last_error"] or ""),
             )
         console.print(dtable)
-    etable = Table(title="events")
-    for column in ("at", "kind", "detail"):
-        etable.add_column(column)
+    etable = Table(title="events (UTC)")
+    etable.add_column("at", no_wrap=True)
+    etable.add_column("kind", no_wrap=True)
+    etable.add_column("detail", overflow="fold")
     for e in data["events"]:
-        etable.add_row(e["at"], e["kind"], e["detail"] or "")
+        etable.add_row(_when(e["at"]), e["kind"], escape(e["detail"] or ""))
     console.print(etable)
 
 
@@ -240,14 +325,15 @@ def deliveries_list(
     if as_json:
         sys.stdout.write(json.dumps(rows, indent=2) + "\n")
         return
-    table = Table(title=f"{len(rows)} deliver(ies)")
-    for column in ("id", "job", "destination", "state", "attempts", "last status", "last error"):
-        table.add_column(column)
+    table = Table(title=_count(len(rows), "delivery", "deliveries"))
+    for column in ("id", "job", "destination", "state", "try", "status"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("last error", overflow="fold")
     for r in rows:
         table.add_row(
             *(str(r[key]) for key in ("id", "job_id", "destination", "state", "attempts")),
             str(r["last_status"] or ""),
-            str(r["last_error"] or ""),
+            escape(str(r["last_error"] or "")),
         )
     console.print(table)
 
@@ -266,20 +352,81 @@ def deliveries_retry(
 
 @app.command()
 def echo(
-    host: Annotated[str, typer.Argument(help="Peer host name or address.")],
-    port: Annotated[int, typer.Argument(min=1, max=65535, help="Peer DICOM port.")],
-    called_ae: Annotated[str, typer.Option("--called-ae", "-aec", help="Peer AE title.")] = "ANY-SCP",
+    host: Annotated[
+        str | None, typer.Argument(help="Peer host name or address (default: this agent, on 127.0.0.1).")
+    ] = None,
+    port: Annotated[
+        int | None, typer.Argument(min=1, max=65535, help="Peer DICOM port (default: dicom.port).")
+    ] = None,
+    called_ae: Annotated[
+        str | None,
+        typer.Option("--called-ae", "-aec", help="Peer AE title (default: ANY-SCP; dicom.ae_title for us)."),
+    ] = None,
     calling_ae: Annotated[
-        str | None, typer.Option("--calling-ae", "-aet", help="Our AE title (default: dicom.ae_title).")
+        str | None,
+        typer.Option(
+            "--calling-ae",
+            "-aet",
+            help="Our AE title (default: dicom.ae_title; for this agent, the first allowed calling AE).",
+        ),
     ] = None,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the peer.")] = 10.0,
 ) -> None:
-    """C-ECHO a DICOM peer (exit 0 when it answers Success)."""
+    """C-ECHO a DICOM peer, or without HOST PORT this agent itself (exit 0 when it answers Success)."""
     from agent.cli.dicom_echo import echo_peer
 
-    ae = calling_ae or settings().dicom.ae_title
-    status = echo_peer(host, port, called_ae=called_ae, calling_ae=ae, timeout=timeout)
-    console.print(f"C-ECHO {called_ae}@{host}:{port}: Success (0x{status:04X})")
+    cfg = settings()
+    if host is None:
+        # Ourselves, as a PACS the configuration allows would call us.
+        dicom = cfg.dicom
+        host = dicom.bind_address if dicom.bind_address not in ("0.0.0.0", "::", "") else "127.0.0.1"
+        port = port or dicom.port
+        called_ae = called_ae or dicom.ae_title
+        calling_ae = calling_ae or (dicom.allowed_calling_aes[0] if dicom.allowed_calling_aes else None)
+    if port is None:
+        raise UserError("echo HOST PORT: give the port too (or neither, to echo this agent)")
+    called = called_ae or "ANY-SCP"
+    ae = calling_ae or cfg.dicom.ae_title
+    status = echo_peer(host, port, called_ae=called, calling_ae=ae, timeout=timeout)
+    console.print(f"C-ECHO {called}@{host}:{port} as {ae}: Success (0x{status:04X})", highlight=False)
+
+
+@destinations_app.command("list")
+def destinations_list() -> None:
+    """The configured destinations: name, AE title, host and port."""
+    cfg = settings()
+    if not cfg.destinations:
+        console.print(f"no destinations in {config_origin()}", markup=False, highlight=False)
+        return
+    for d in cfg.destinations:
+        console.print(f"{d.name}  {d.ae_title}@{d.host}:{d.port}", markup=False, highlight=False)
+
+
+@destinations_app.command("echo")
+def destinations_echo(
+    name: Annotated[str | None, typer.Argument(help="Destination name (default: every destination).")] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for each peer.")] = 10.0,
+) -> None:
+    """C-ECHO the destinations as the sender calls them (delivery.calling_ae_title); exit 1 if one fails."""
+    from agent.cli.dicom_echo import echo_peer
+
+    cfg = settings()
+    chosen = [d for d in cfg.destinations if name is None or d.name == name]
+    if not chosen:
+        known = ", ".join(d.name for d in cfg.destinations) or "none"
+        raise UserError(f"no destination {name!r} in {config_origin()} (configured: {known})")
+    failed = 0
+    for d in chosen:
+        try:
+            calling = cfg.delivery.calling_ae_title
+            status = echo_peer(d.host, d.port, called_ae=d.ae_title, calling_ae=calling, timeout=timeout)
+        except UserError as exc:
+            failed += 1
+            console.print(f"{d.name}: FAILED: {exc}", markup=False, highlight=False)
+        else:
+            console.print(f"{d.name}: Success (0x{status:04X}) {d.ae_title}@{d.host}:{d.port}")
+    if failed:
+        raise typer.Exit(1)
 
 
 # The commands that live in their own modules (each has ``register(app)``; none imports this module).

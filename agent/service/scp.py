@@ -219,7 +219,7 @@ class StorageSCP:
             )
         except OSError as exc:
             raise UserError(
-                f"DICOM SCP cannot listen on {cfg.bind_address}:{cfg.port}: {exc.strerror or exc}"
+                f"dicom.port: cannot listen on {cfg.bind_address}:{cfg.port}: {exc.strerror or exc}"
             ) from None
         assert server is not None  # block=False always returns the server
         self._server = server

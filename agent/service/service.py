@@ -1,7 +1,10 @@
 """``spine-agent serve``: the SCP, the scheduler, the worker, the sender and the HTTP endpoint together.
 
-Start order: ledger (migrated) -> spool -> engine (loaded once) -> worker -> scheduler ticks (quiet
-timer, deliveries, retention) -> HTTP -> SCP last, so nothing is accepted before it can be processed.
+Start order: checks (agent/service/preflight.py: spool, ledger folder, weights, token and TLS files; a
+problem stops the start with one line naming the key) -> ledger (migrated) -> HTTP and SCP bound (a busy
+port fails in the first second; /readyz says "model not loaded" meanwhile, and what the SCP stores
+waits durably in the spool) -> engine (loaded once) -> worker -> scheduler ticks (quiet timer,
+deliveries, retention) -> systemd READY=1 (Type=notify).
 Stop order (SIGTERM/SIGINT): SCP first (no new associations), scheduler, then the worker finishes its
 job within ``shutdown_grace_s`` or releases it to the queue, HTTP, ledger.
 """
@@ -16,14 +19,16 @@ from types import FrameType
 
 from agent.errors import UserError
 from agent.service.pipeline import Predictor
+from agent.service.preflight import check_startup, redacted_url
 from agent.service.scheduler import AgentScheduler
 from agent.service.scp import StorageSCP
+from agent.service.sd_notify import notify
 from agent.service.sender import run_due_deliveries
 from agent.service.worker import JobWorker
 from agent.web import metrics
 from agent.web.dashboard import Dashboard, load_admin_token
 from agent.web.http import CheckResult, HealthServer
-from config import Settings
+from config import ConfigError, Settings
 from storage import Ledger
 from storage.retention import RetentionSweeper
 from storage.spool import Spool
@@ -36,13 +41,15 @@ DELIVERY_TICK_S = 2.0
 
 def load_engine(settings: Settings) -> Predictor:
     """Build the predictor once (weights from config, or the newest shipped version)."""
-    from inference.engine.engine import Engine, WeightsError
+    from inference.engine.engine import Engine, WeightsError, default_weights_dir
 
     device = None if settings.engine.device == "auto" else settings.engine.device
     try:
-        return Engine.from_weights(settings.engine.weights_dir, device=device)
-    except WeightsError as exc:
-        raise UserError(f"engine weights: {exc}") from None
+        directory = settings.engine.weights_dir or default_weights_dir()
+        log.info("engine: loading weights from %s", directory)
+        return Engine.from_weights(directory, device=device)
+    except (WeightsError, ValueError) as exc:  # ValueError: an engine.json this engine cannot read
+        raise ConfigError(f"engine.weights_dir: {exc}") from None
 
 
 @dataclass
@@ -60,8 +67,12 @@ class AgentService:
         engine: Predictor | None = None,
         shutdown_grace_s: float = 20.0,
         worker_poll_s: float = 1.0,
+        config_origin: str | None = None,
     ) -> None:
+        # Before anything touches the disk: a bad path or file stops here with one line naming its key.
+        check_startup(settings, weights=engine is None)
         self.settings = settings
+        self.config_origin = config_origin
         self.shutdown_grace_s = shutdown_grace_s
         self.ledger = Ledger(settings.ledger.url, max_attempts=settings.ledger.max_attempts)
         self.spool = Spool(settings.storage.spool_dir)
@@ -83,10 +94,30 @@ class AgentService:
         # Read the admin token first: a bad token file stops the start before anything listens.
         http = self.settings.http
         admin_token = load_admin_token(http) if http.port and http.dashboard else None
+        self._log_configuration()
         self.ledger.upgrade()
+        # Bind both ports before the engine loads: a busy port fails now, not after a minute.
+        if self.settings.http.port:
+            self.http = HealthServer(
+                self.settings,
+                self.ledger,
+                model_loaded=lambda: self._engine is not None,
+                extra_checks={"scp": self._check_scp, "worker": self._check_worker},
+                dashboard=Dashboard(self.ledger, admin_token=admin_token) if http.dashboard else None,
+            )
+            try:
+                self.http.start()
+            except OSError as exc:
+                self.http = None
+                raise UserError(
+                    f"http.port: cannot listen on {http.bind_address}:{http.port}: {exc.strerror or exc}"
+                ) from None
+        self.scp = StorageSCP(self.settings, self.ledger, spool=self.spool)
+        self.scp.start()
         if self._engine is None:
             self._engine = load_engine(self.settings)
         version = getattr(getattr(self._engine, "plan", None), "version", "unknown")
+        log.info("engine: weights version %s", version)
         metrics.MODEL_INFO.labels(version=str(version)).set(1)
         self.worker = JobWorker(
             self.settings, self.ledger, self.spool, self._engine, poll_s=self._worker_poll_s
@@ -97,17 +128,6 @@ class AgentService:
         sweeper = RetentionSweeper(self.settings, self.ledger, self.spool, on_sweep=metrics.count_retention)
         self.scheduler.add_interval("retention", sweeper.sweep, self.settings.retention.interval_s)
         self.scheduler.start()
-        if self.settings.http.port:
-            self.http = HealthServer(
-                self.settings,
-                self.ledger,
-                model_loaded=lambda: self._engine is not None,
-                extra_checks={"scp": self._check_scp, "worker": self._check_worker},
-                dashboard=Dashboard(self.ledger, admin_token=admin_token) if http.dashboard else None,
-            )
-            self.http.start()
-        self.scp = StorageSCP(self.settings, self.ledger, spool=self.spool)
-        self.scp.start()
         log.info(
             "spine-agent listening as %s on port %d, %d destination(s), engine %s",
             self.settings.dicom.ae_title,
@@ -115,6 +135,18 @@ class AgentService:
             len(self.settings.destinations),
             version,
         )
+        notify("READY=1", f"STATUS=listening on DICOM port {self.scp.port}, engine {version}")
+
+    def _log_configuration(self) -> None:
+        """One INFO line each: the config file, the destinations, the ledger (password hidden)."""
+        log.info("configuration: %s", self.config_origin or "built-in defaults (no config file)")
+        destinations = self.settings.destinations
+        if destinations:
+            for d in destinations:
+                log.info("destination %s: %s@%s:%d", d.name, d.ae_title, d.host, d.port)
+        else:
+            log.warning("no destinations configured: results are computed but sent nowhere")
+        log.info("ledger: %s", redacted_url(self.settings.ledger.url))
 
     def _check_scp(self) -> CheckResult:
         running = self.scp is not None and self.scp.running
@@ -132,6 +164,7 @@ class AgentService:
         with self._stop_lock:
             if self._stop_report is not None:
                 return self._stop_report
+            notify("STOPPING=1")
             if self.scp is not None:
                 self.scp.stop()
             if self.scheduler is not None:
@@ -155,7 +188,11 @@ class AgentService:
 
         previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
-            self.start()
+            try:
+                self.start()
+            except BaseException:
+                self.stop()  # what was already listening closes before the error is reported
+                raise
             wake.wait()
         finally:
             for sig, handler in previous.items():

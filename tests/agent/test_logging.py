@@ -174,3 +174,26 @@ def test_a_retention_sweep_logs_parseable_lines_without_uids(
     assert [e["level"] for e in entries] == ["WARNING", "INFO", "WARNING"]
     assert all(set(e) >= {"ts", "level", "logger", "message"} for e in entries)
     assert UID not in stream.getvalue()
+
+
+@pytest.mark.parametrize("level", ["INFO", "DEBUG"])
+def test_pynetdicom_transport_errors_the_agent_handles_stay_below_warning(
+    restore_root_logging: None, level: str
+) -> None:
+    """A refused connection (what every delivery retry to a down PACS meets) is no ERROR line."""
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+    from tests.conftest import free_port
+
+    stream = io.StringIO()
+    configure_logging(LoggingSettings(format="text", level=level), stream)  # type: ignore[arg-type]
+    ae = AE(ae_title="SPINEAGENT")
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", free_port(), ae_title="NOBODY")
+    assert not assoc.is_established
+    lines = stream.getvalue().splitlines()
+    assert not [line for line in lines if " ERROR " in line or " WARNING " in line], lines
+    refused = [line for line in lines if "unable to connect to remote" in line]
+    # At DEBUG the line is still there, as DEBUG; at INFO it is gone.
+    assert (refused and all(" DEBUG " in line for line in refused)) if level == "DEBUG" else not refused

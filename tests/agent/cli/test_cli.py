@@ -149,3 +149,46 @@ def test_deliveries_list_and_retry(config_file: Path, tmp_path: Path) -> None:
     assert ledger.list_deliveries(job_id)[0].state == DeliveryState.PENDING
     again = run_cli("deliveries", "retry", str(delivery.id), config=config_file)
     assert again.returncode == 2 and "cannot go from PENDING to PENDING" in again.stderr
+
+
+def test_the_ledger_commands_read_well_at_80_columns(config_file: Path, tmp_path: Path) -> None:
+    """No cut UIDs (``…771458…``), no Python dicts, no "deliver(ies)", no line past column 80."""
+    from dicom_io.uids import uid_digest
+    from storage import DeliveryState
+
+    assert run_cli("db", "upgrade", config=config_file).returncode == 0
+    ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.sqlite3'}")
+    series_uid = "1.2.826.0.1.3680043.8.498.77145858485600738212345678901234567890123"[:64]
+    study_uid = "1.2.826.0.1.3680043.8.498.1"
+    ledger.record_instance(study_uid, series_uid, 10, "p", now=utcnow() - timedelta(minutes=5))
+    (job_id,) = ledger.queue_quiet_series(30)
+    ledger.claim_job("worker-on-a-long-host-name", 60)
+    ledger.succeed_job(
+        job_id,
+        owner="worker-on-a-long-host-name",
+        timings={"load": 0.412, "stage1": 2.1, "stage2": 5.25, "write": 0.3},
+        model_version="v0.2.0",
+        output_path="outgoing/1",
+        destinations=["pacs", "archive"],
+    )
+    first, _ = ledger.list_deliveries(job_id)
+    ledger.record_delivery_attempt(
+        first.id, sent_instances=[], status=0xA700, error="peer out of resources " * 4,
+        outcome=DeliveryState.FAILED,
+    )
+    narrow = {"COLUMNS": "80"}
+    outputs = {
+        " ".join(args): run_cli(*args, config=config_file, env=narrow)
+        for args in (["jobs", "list"], ["jobs", "show", str(job_id)], ["deliveries", "list"])
+    }
+    for name, result in outputs.items():
+        assert result.returncode == 0, (name, result.stderr)
+        text = result.stdout
+        for bad in ("…", "{'", "(ies)", "(s)"):
+            assert bad not in text, (name, bad, text)
+        too_wide = [line for line in text.splitlines() if len(line) > 80]
+        assert not too_wide, (name, too_wide)
+    assert uid_digest(series_uid) in outputs["jobs list"].stdout
+    shown = outputs[f"jobs show {job_id}"].stdout
+    assert series_uid in shown and "stage1 2.10 s, stage2 5.25 s" in shown
+    assert "2 deliveries" in outputs["deliveries list"].stdout

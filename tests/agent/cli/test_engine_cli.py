@@ -21,16 +21,20 @@ from tests.inference.engine.test_engine import make_small_volume, tiny_engine
 runner = CliRunner()
 
 
-@pytest.fixture(scope="module")
-def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    d = tmp_path_factory.mktemp("weights") / "v0.0.1-tiny"
+def write_tiny_weights(d: Path, seed: int = 2) -> Path:
+    """A complete weights folder (plan, both stages, SHA256SUMS) of the tiny untrained test engine."""
     d.mkdir()
-    engine = tiny_engine(seed=2)
+    engine = tiny_engine(seed=seed)
     engine.plan.save(d)
     torch.save(engine.stage1.state_dict(), d / engine.plan.stage1.weights)
     torch.save(engine.stage2.state_dict(), d / engine.plan.stage2.weights)
     write_checksums(d)
     return d
+
+
+@pytest.fixture(scope="module")
+def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_tiny_weights(tmp_path_factory.mktemp("weights") / "v0.0.1-tiny")
 
 
 def test_predict_nifti_writes_verse_json_landmarks_and_mask(tmp_path: Path, tiny_weights: Path) -> None:
