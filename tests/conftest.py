@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import os
-import shutil
-import socket
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import pytest
 
 from storage import Ledger
+from tests.support import free_port, in_ci, require_tool
+
+__all__ = ["free_port", "require_tool"]  # re-exported: older tests import them from here
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -23,27 +24,54 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     skip_gpu = pytest.mark.skip(reason="needs CUDA")
     skip_pg = pytest.mark.skip(reason="set SPINE_AGENT_TEST_PG_URL to run PostgreSQL tests")
     for item in items:
-        if "gpu" in item.keywords and not has_cuda:
+        # get_closest_marker, not ``in item.keywords``: keywords also hold folder names (tests/gpu).
+        if item.get_closest_marker("gpu") is not None and not has_cuda:
             item.add_marker(skip_gpu)
-        if "postgres" in item.keywords and not os.environ.get("SPINE_AGENT_TEST_PG_URL"):
+        if item.get_closest_marker("postgres") is not None and not os.environ.get("SPINE_AGENT_TEST_PG_URL"):
             item.add_marker(skip_pg)
 
 
-def free_port() -> int:
-    """A TCP port free on loopback right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+# --- in CI a skip is a failure ----------------------------------------------------------------------------
+# .ci/run installs every tool, server and dependency and starts PostgreSQL, so in CI a skipped test means
+# something is missing and the run must not look green. Only ``gpu``-marked tests may skip (no CUDA there).
 
 
-def require_tool(name: str) -> str:
-    """Path of an external tool; skip locally when absent, fail in CI (which installs them all)."""
-    path = shutil.which(name)
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail(f"{name} is not installed; .ci/run must install it")
-        pytest.skip(f"{name} is not installed")
-    return path
+def _ci_forbids(
+    report: pytest.TestReport | pytest.CollectReport, node: pytest.Item | pytest.Collector
+) -> bool:
+    """A skip (not an xfail) in CI, of anything but a ``gpu``-marked test."""
+    if not (in_ci() and report.skipped) or hasattr(report, "wasxfail"):
+        return False
+    return node.get_closest_marker("gpu") is None
+
+
+def _skip_reason(report: pytest.TestReport | pytest.CollectReport) -> str:
+    longrepr = report.longrepr
+    if isinstance(longrepr, tuple) and len(longrepr) == 3:
+        return str(longrepr[2])
+    return str(longrepr)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    if _ci_forbids(report, item):
+        report.outcome = "failed"
+        report.longrepr = f"skipped in CI, which must run every test but the gpu ones: {_skip_reason(report)}"
+    return report
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_make_collect_report(
+    collector: pytest.Collector,
+) -> Generator[None, pytest.CollectReport, pytest.CollectReport]:
+    report = yield
+    if _ci_forbids(report, collector):
+        report.outcome = "failed"
+        report.longrepr = f"module skipped in CI: {_skip_reason(report)}"
+    return report
 
 
 @pytest.fixture

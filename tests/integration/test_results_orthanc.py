@@ -20,6 +20,7 @@ from storage.spool import Spool
 from tests.conftest import free_port
 from tests.dicom_io.ct_series import CTSeries, labelled_result, write_ct_series
 from tests.integration.orthanc import OrthancServer, orthanc, require_orthanc, start_orthanc
+from tests.support_ledger import succeeded_job
 
 __all__ = ["orthanc"]  # the fixture, imported so pytest finds it here
 
@@ -89,21 +90,7 @@ def test_unreachable_destination_is_a_clear_error(tmp_path: Path) -> None:
 
 def _job_with_outputs(ledger: Ledger, spool: Spool, ct: CTSeries, at: datetime) -> int:
     study, series = str(ct.datasets[0].StudyInstanceUID), str(ct.datasets[0].SeriesInstanceUID)
-    ledger.record_instance(study, series, 1, f"incoming/{study}/{series}", now=at - timedelta(minutes=5))
-    (job_id,) = ledger.queue_quiet_series(30, now=at - timedelta(minutes=1))
-    claimed = ledger.claim_job("test-worker", lease_s=600, now=at - timedelta(seconds=30))
-    assert claimed is not None and claimed.id == job_id
-    _write_results(ct, spool.output_dir(job_id))
-    ledger.succeed_job(
-        job_id,
-        owner="test-worker",
-        timings={},
-        model_version="test-1",
-        output_path=spool.output_relpath(job_id),
-        destinations=["pacs"],
-        now=at,
-    )
-    return job_id
+    return succeeded_job(ledger, spool, lambda out: _write_results(ct, out), at, study=study, series=series)
 
 
 def _settings(spool_dir: Path, port: int, *, max_attempts: int = 5) -> Settings:

@@ -3,6 +3,7 @@ from __future__ import annotations
 import multiprocessing
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import inspect
@@ -233,8 +234,10 @@ def test_naive_datetimes_are_refused(ledger: Ledger) -> None:
         ledger.record_instance("1", "1.1", 1, "p", now=datetime(2026, 1, 1))
 
 
-def _claim_all(url: str, owner: str, queue: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
+def _claim_all(url: str, owner: str, queue: multiprocessing.Queue, start: Any) -> None:  # type: ignore[type-arg]
     led = Ledger(url)
+    led.ping()  # connected before the start line: the race is between claims, not between start-ups
+    start.wait(120)
     won: list[int] = []
     while True:
         job = led.claim_job(owner, lease_s=600)
@@ -246,16 +249,17 @@ def _claim_all(url: str, owner: str, queue: multiprocessing.Queue) -> None:  # t
 
 def claim_in_processes(url: str, processes: int = 2) -> list[list[int]]:
     """Let ``processes`` spawned workers claim jobs from the ledger at ``url`` until none is left;
-    return the job ids each one won."""
+    return the job ids each one won. A barrier starts them together (each has connected first)."""
     ctx = multiprocessing.get_context("spawn")
     queue = ctx.Queue()
-    procs = [ctx.Process(target=_claim_all, args=(url, f"p{n}", queue)) for n in range(processes)]
+    start = ctx.Barrier(processes)
+    procs = [ctx.Process(target=_claim_all, args=(url, f"p{n}", queue, start)) for n in range(processes)]
     for p in procs:
         p.start()
     results = [queue.get(timeout=120) for _ in procs]
     for p in procs:
         p.join(timeout=30)
-    return [won for _, won in results]
+    return [won for _, won in sorted(results)]
 
 
 def test_two_processes_claiming_on_sqlite_never_share_a_job(ledger: Ledger, ledger_url: str) -> None:
@@ -263,8 +267,10 @@ def test_two_processes_claiming_on_sqlite_never_share_a_job(ledger: Ledger, ledg
         ledger.record_instance("1.2", f"1.2.{i}", 1, "p", now=T0)
     job_ids = ledger.queue_quiet_series(1, now=T0 + timedelta(seconds=5))
     assert len(job_ids) == 40
-    claimed = [job_id for won in claim_in_processes(ledger_url) for job_id in won]
+    wins = claim_in_processes(ledger_url)
+    claimed = [job_id for won in wins for job_id in won]
     assert sorted(claimed) == sorted(job_ids)  # every job claimed exactly once
+    assert all(len(won) >= 1 for won in wins), f"one process won every job: {[len(w) for w in wins]}"
     assert len(set(claimed)) == len(claimed)
 
 

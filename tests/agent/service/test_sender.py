@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from storage import DeliveryState, Ledger
 from storage.spool import Spool
 from tests.conftest import free_port
 from tests.dicom_io.ct_series import CTSeries, binary_result
+from tests.support_ledger import succeeded_job
 
 
 class RecordingSCP:
@@ -118,21 +119,8 @@ T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 def _finished_job(ledger: Ledger, spool: Spool, ct_series: CTSeries) -> Path:
     """A SUCCEEDED job with one PENDING delivery to "pacs"; returns its (empty) output folder."""
     study, series = str(ct_series.datasets[0].StudyInstanceUID), str(ct_series.datasets[0].SeriesInstanceUID)
-    ledger.record_instance(study, series, 1, f"incoming/{study}/{series}", now=T0 - timedelta(minutes=5))
-    (job_id,) = ledger.queue_quiet_series(30, now=T0 - timedelta(minutes=1))
-    assert ledger.claim_job("w", lease_s=600, now=T0 - timedelta(seconds=30)) is not None
-    out = spool.output_dir(job_id)
-    out.mkdir(parents=True)
-    ledger.succeed_job(
-        job_id,
-        owner="w",
-        timings={},
-        model_version="v",
-        output_path=spool.output_relpath(job_id),
-        destinations=["pacs"],
-        now=T0,
-    )
-    return out
+    job_id = succeeded_job(ledger, spool, lambda out: None, T0, study=study, series=series)
+    return spool.output_dir(job_id)
 
 
 def _delivery_settings(spool: Spool, port: int) -> Settings:
