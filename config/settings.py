@@ -75,7 +75,11 @@ class DicomSettings(_Section):
     allowed_hosts: list[str] = Field(default_factory=list)
     #: Reject associations whose called AE title is not ours.
     require_called_ae: bool = True
+    #: Associations served at once; one more is rejected (transient, local limit exceeded) and logged.
     max_associations: int = Field(default=10, ge=1)
+    #: Seconds a connection may stay silent: to send its association request, or, once associated,
+    #: between two messages; then it is closed (idle connections never hold a slot for long).
+    idle_timeout_s: float = Field(default=10.0, gt=0)
     #: Seconds a series must be quiet (no new instance) before it is queued (like Orthanc's StableAge).
     stable_age_s: float = Field(default=30.0, gt=0)
     #: A series with more instances than this is refused as a FAILED job.
@@ -118,6 +122,10 @@ class LedgerSettings(_Section):
     lease_s: float = Field(default=900.0, gt=0)
     #: Attempts before a job is FAILED for good.
     max_attempts: int = Field(default=3, ge=1)
+    #: A transient error (disk full, out of memory) puts the job back without spending an attempt and
+    #: waits ``defer_base_s * 2**(n-1)`` seconds, at most ``defer_cap_s``, before it is claimed again.
+    defer_base_s: float = Field(default=30.0, gt=0)
+    defer_cap_s: float = Field(default=600.0, gt=0)
 
     @field_validator("url")
     @classmethod
@@ -150,6 +158,9 @@ class DeliverySettings(_Section):
     retry_cap_s: float = Field(default=600.0, gt=0)
     #: Attempts after which a delivery is given up (FAILED) when the peer keeps refusing.
     max_attempts: int = Field(default=50, ge=1)
+    #: Seconds a sending attempt holds its delivery: other agents on the ledger skip it meanwhile, and
+    #: after a crash mid-send it is sent again (only what the destination did not acknowledge) this late.
+    lease_s: float = Field(default=300.0, gt=0)
 
     _ae = field_validator("calling_ae_title")(classmethod(lambda cls, v: _check_ae_title(v)))
 

@@ -10,7 +10,7 @@ from storage.ledger import (
     check_job_transition,
     utcnow,
 )
-from storage.models import Delivery, DeliveryState, Event, Job, JobState, Series
+from storage.models import Delivery, DeliveryState, Event, Job, JobState, Series, SeriesInstance
 
 __all__ = [
     "DELIVERY_TRANSITIONS",
@@ -26,6 +26,7 @@ __all__ = [
     "LedgerError",
     "NotFound",
     "Series",
+    "SeriesInstance",
     "check_delivery_transition",
     "check_job_transition",
     "utcnow",

@@ -20,7 +20,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from storage.errors import IllegalTransition, NotFound
-from storage.models import Delivery, DeliveryState, Event, Job, JobState, Series
+from storage.models import Delivery, DeliveryState, Event, Job, JobState, Series, SeriesInstance
 
 log = logging.getLogger(__name__)
 
@@ -133,9 +133,24 @@ class Ledger:
     # --- series ---------------------------------------------------------------------------------------
 
     def record_instance(
-        self, study_uid: str, series_uid: str, nbytes: int, spool_path: str, now: datetime | None = None
+        self,
+        study_uid: str,
+        series_uid: str,
+        nbytes: int,
+        spool_path: str,
+        now: datetime | None = None,
+        *,
+        sop_instance_uid: str | None = None,
+        sha256: str | None = None,
     ) -> Series:
-        """Count one stored instance on the open version of its series, opening a new version if needed."""
+        """Count one stored instance on the open version of its series, opening a new version if needed.
+
+        With ``sop_instance_uid`` and ``sha256`` the instance is also recorded in that version
+        (:class:`SeriesInstance`), and an **identical re-send** (same SOP Instance UID, same SHA-256 as the
+        newest record of it in any version of the series) changes no count and opens no version: it only
+        restarts the quiet time of a version that is still open. The returned row's ``duplicate``
+        attribute (not a column) says which happened.
+        """
         now = now or utcnow()
         with self.transaction() as session:
             latest = session.scalars(
@@ -144,6 +159,22 @@ class Ledger:
                 .order_by(Series.version.desc())
                 .limit(1)
             ).first()
+            if latest is not None and sop_instance_uid is not None and sha256 is not None:
+                known = session.scalars(
+                    select(SeriesInstance.sha256)
+                    .join(Series, SeriesInstance.series_id == Series.id)
+                    .where(
+                        Series.series_instance_uid == series_uid,
+                        SeriesInstance.sop_instance_uid == sop_instance_uid,
+                    )
+                    .order_by(Series.version.desc())
+                    .limit(1)
+                ).first()
+                if known == sha256:
+                    if latest.closed_at is None:
+                        latest.last_received_at = max(latest.last_received_at, now)
+                    latest.duplicate = True
+                    return latest
             if latest is None or latest.closed_at is not None:
                 version = 1 if latest is None else latest.version + 1
                 latest = Series(
@@ -159,10 +190,77 @@ class Ledger:
                 session.add(latest)
                 session.flush()
                 self._event(session, now, "series.opened", f"version {version}", series_id=latest.id)
-            latest.instance_count += 1
+            counted = True
+            if sop_instance_uid is not None and sha256 is not None:
+                row = session.scalars(
+                    select(SeriesInstance).where(
+                        SeriesInstance.series_id == latest.id,
+                        SeriesInstance.sop_instance_uid == sop_instance_uid,
+                    )
+                ).first()
+                if row is None:
+                    session.add(
+                        SeriesInstance(
+                            series_id=latest.id,
+                            sop_instance_uid=sop_instance_uid,
+                            byte_count=nbytes,
+                            sha256=sha256,
+                            received_at=now,
+                        )
+                    )
+                else:  # the same SOP Instance UID again in this version, with other bytes: last one wins
+                    counted = False
+                    latest.byte_count -= row.byte_count
+                    row.byte_count, row.sha256, row.received_at = nbytes, sha256, now
+            if counted:
+                latest.instance_count += 1
             latest.byte_count += nbytes
             latest.last_received_at = now
+            latest.duplicate = False
             return latest
+
+    def version_instances(self, series_id: int) -> dict[str, SeriesInstance]:
+        """What a version's job reads: SOP Instance UID -> its newest record in this or an earlier version.
+
+        Empty for a version recorded before the ledger kept instances (its job reads the whole folder).
+        """
+        with self.transaction() as session:
+            series = session.get(Series, series_id)
+            if series is None:
+                raise NotFound(f"series {series_id} does not exist")
+            rows = session.execute(
+                select(SeriesInstance, Series.version)
+                .join(Series, SeriesInstance.series_id == Series.id)
+                .where(
+                    Series.series_instance_uid == series.series_instance_uid,
+                    Series.version <= series.version,
+                )
+                .order_by(Series.version)
+            ).all()
+        return {row.sop_instance_uid: row for row, _version in rows}
+
+    def newer_instance(self, series_id: int, sop_instance_uid: str) -> bool:
+        """True when a later version of the series recorded ``sop_instance_uid`` again (other bytes)."""
+        with self.transaction() as session:
+            series = session.get(Series, series_id)
+            if series is None:
+                raise NotFound(f"series {series_id} does not exist")
+            found = session.scalars(
+                select(SeriesInstance.id)
+                .join(Series, SeriesInstance.series_id == Series.id)
+                .where(
+                    Series.series_instance_uid == series.series_instance_uid,
+                    Series.version > series.version,
+                    SeriesInstance.sop_instance_uid == sop_instance_uid,
+                )
+                .limit(1)
+            ).first()
+            return found is not None
+
+    def open_series_count(self) -> int:
+        """Series versions still receiving (not yet queued)."""
+        with self.transaction() as session:
+            return int(session.scalar(select(func.count()).where(Series.closed_at.is_(None))) or 0)
 
     def get_series(self, series_id: int) -> Series:
         with self.transaction() as session:
@@ -171,14 +269,21 @@ class Ledger:
                 raise NotFound(f"series {series_id} does not exist")
             return series
 
-    def queue_quiet_series(self, quiet_s: float, now: datetime | None = None) -> list[int]:
+    def queue_quiet_series(
+        self, quiet_s: float, now: datetime | None = None, *, up_since: datetime | None = None
+    ) -> list[int]:
         """Close every open series version quiet for ``quiet_s`` seconds and queue one job for each.
 
-        Returns the new job ids. The close is a compare-and-set, so concurrent schedulers queue once.
+        Quiet time counts only while the caller is up: with ``up_since`` (when the agent started) a
+        version is quiet once ``now - max(last_received_at, up_since) >= quiet_s``, so nothing is queued in
+        the first ``quiet_s`` after a start. Returns the new job ids. The close is a compare-and-set, so
+        concurrent schedulers queue once.
         """
         now = now or utcnow()
         cutoff = now - timedelta(seconds=quiet_s)
         created: list[int] = []
+        if up_since is not None and up_since > cutoff:
+            return created
         with self.transaction() as session:
             candidates = session.scalars(
                 select(Series.id).where(Series.closed_at.is_(None), Series.last_received_at <= cutoff)
@@ -269,7 +374,8 @@ class Ledger:
                     select(Job.id, Job.state, Job.attempts)
                     .where(
                         or_(
-                            Job.state == JobState.QUEUED,
+                            (Job.state == JobState.QUEUED)
+                            & or_(Job.not_before.is_(None), Job.not_before <= now),
                             (Job.state == JobState.RUNNING) & (Job.lease_expires_at < now),
                         )
                     )
@@ -391,6 +497,57 @@ class Ledger:
             job.lease_expires_at = None
         return self.get_job(job_id)
 
+    def defer_job(
+        self, job_id: int, *, owner: str, reason: str, delay_s: float, now: datetime | None = None
+    ) -> Job:
+        """RUNNING -> QUEUED after a transient error (disk full, out of memory): the attempt is not spent.
+
+        The job is not claimed again before ``now + delay_s``; ``deferrals`` counts these.
+        """
+        now = now or utcnow()
+        with self.transaction() as session:
+            job = self._owned_running_job(session, job_id, owner)
+            self._move_job(
+                session, job, JobState.QUEUED, now, f"deferred {delay_s:.0f} s (attempt not spent): {reason}"
+            )
+            job.attempts = max(0, job.attempts - 1)
+            job.deferrals += 1
+            job.not_before = now + timedelta(seconds=delay_s)
+            job.failure_reason = reason
+            job.lease_owner = None
+            job.lease_expires_at = None
+        return self.get_job(job_id)
+
+    def release_owned_jobs(self, agent_id: str, now: datetime | None = None) -> list[int]:
+        """At start: put back every job still RUNNING under a lease of ``agent_id`` (any host or pid).
+
+        Lease owners are ``<agent id>@<host>:<pid>``, so this never touches another agent's jobs on a shared
+        ledger. The interrupted attempt stays spent (a series that kills the agent must not loop forever);
+        a job whose attempts are used up is FAILED. Returns the ids of the jobs released or failed.
+        """
+        now = now or utcnow()
+        touched: list[int] = []
+        prefix = f"{agent_id}@"
+        with self.transaction() as session:
+            ids = session.scalars(
+                select(Job.id).where(Job.state == JobState.RUNNING, Job.lease_owner.startswith(prefix))
+            ).all()
+            for job_id in ids:
+                job = self._load_job(session, job_id)
+                if job.state != JobState.RUNNING or not (job.lease_owner or "").startswith(prefix):
+                    continue
+                if job.attempts >= self.max_attempts:
+                    job.failure_reason = f"the agent stopped during {job.attempts} attempt(s); giving up"
+                    self._move_job(session, job, JobState.FAILED, now, job.failure_reason)
+                else:
+                    self._move_job(
+                        session, job, JobState.QUEUED, now, f"released at start ({job.lease_owner} stopped)"
+                    )
+                    job.lease_owner = None
+                    job.lease_expires_at = None
+                touched.append(job_id)
+        return touched
+
     def cancel_job(self, job_id: int, now: datetime | None = None) -> Job:
         """QUEUED/RUNNING -> CANCELLED (a running worker notices when it renews its lease)."""
         now = now or utcnow()
@@ -408,6 +565,8 @@ class Ledger:
                 raise IllegalTransition(f"job {job_id}: its files were removed by retention; cannot retry")
             self._move_job(session, job, JobState.QUEUED, now, "retried by an admin")
             job.attempts = 0
+            job.deferrals = 0
+            job.not_before = None
             job.failure_reason = None
             job.finished_at = None
             job.created_at = now
@@ -447,6 +606,23 @@ class Ledger:
                 .values(next_attempt_at=now + timedelta(seconds=lease_s))
             )
             return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+    def record_sent_instance(self, delivery_id: int, sop_instance_uid: str) -> None:
+        """Note at once that the destination stored ``sop_instance_uid`` (its C-STORE Success arrived).
+
+        Called per instance while an association is still open, so a crash mid-delivery never sends an
+        instance again that the destination already acknowledged.
+        """
+        with self.transaction() as session:
+            delivery = session.get(
+                Delivery,
+                delivery_id,
+                with_for_update=session.bind.dialect.name != "sqlite",  # type: ignore[union-attr]
+            )
+            if delivery is None:
+                raise NotFound(f"delivery {delivery_id} does not exist")
+            if sop_instance_uid not in delivery.sent_instances:
+                delivery.sent_instances = sorted({*delivery.sent_instances, sop_instance_uid})
 
     def list_deliveries(self, job_id: int | None = None) -> list[Delivery]:
         with self.transaction() as session:

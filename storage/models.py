@@ -65,7 +65,8 @@ class Series(Base):
     series_instance_uid: Mapped[str] = mapped_column(String(64), index=True)
     #: 1 for the first delivery of the series, +1 for each later batch after a job was queued.
     version: Mapped[int] = mapped_column(Integer, default=1)
-    #: Number of instances stored for this version (a repeated SOP Instance UID is counted again).
+    #: Number of instances recorded in this version: new SOP Instance UIDs, or known ones with other bytes
+    #: (an identical re-send is not counted).
     instance_count: Mapped[int] = mapped_column(Integer, default=0)
     #: Bytes received for this version.
     byte_count: Mapped[int] = mapped_column(Integer, default=0)
@@ -79,6 +80,36 @@ class Series(Base):
     closed_at: Mapped[datetime | None] = mapped_column(default=None)
 
     jobs: Mapped[list[Job]] = relationship(back_populates="series")
+    instances: Mapped[list[SeriesInstance]] = relationship(back_populates="series")
+
+    #: Not a column: set by :meth:`storage.ledger.Ledger.record_instance` on the row it returns, True when
+    #: the instance was an identical re-send (nothing counted, no version opened).
+    duplicate = False
+
+
+class SeriesInstance(Base):
+    """One instance as a series version recorded it: a version's job reads exactly these (and earlier ones).
+
+    A re-sent instance with the same bytes (same SHA-256) is not recorded again; one with other bytes is
+    recorded in the version open at that time.
+    """
+
+    __tablename__ = "series_instance"
+    __table_args__ = (UniqueConstraint("series_id", "sop_instance_uid", name="uq_series_instance_sop"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    #: The series version this instance arrived in.
+    series_id: Mapped[int] = mapped_column(ForeignKey("series.id"), index=True)
+    #: SOP Instance UID (the file name in the series folder).
+    sop_instance_uid: Mapped[str] = mapped_column(String(64), index=True)
+    #: Bytes stored.
+    byte_count: Mapped[int] = mapped_column(Integer)
+    #: SHA-256 (hex) of the stored bytes: an identical re-send is recognised by it.
+    sha256: Mapped[str] = mapped_column(String(64))
+    #: When it was stored.
+    received_at: Mapped[datetime]
+
+    series: Mapped[Series] = relationship(back_populates="instances")
 
 
 class Job(Base):
@@ -94,7 +125,7 @@ class Job(Base):
     state: Mapped[JobState] = mapped_column(Enum(JobState, native_enum=False, length=16))
     #: How many times a worker has claimed the job.
     attempts: Mapped[int] = mapped_column(Integer, default=0)
-    #: Worker identity holding the job while RUNNING (host:pid).
+    #: Worker identity holding the job while RUNNING (``<agent id>@<host>:<pid>``, see storage.spool).
     lease_owner: Mapped[str | None] = mapped_column(String(128), default=None)
     #: When the lease lapses; an expired RUNNING job is claimable again.
     lease_expires_at: Mapped[datetime | None] = mapped_column(default=None)
@@ -114,6 +145,10 @@ class Job(Base):
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
     #: When the job's files were removed by retention.
     purged_at: Mapped[datetime | None] = mapped_column(default=None)
+    #: A QUEUED job is not claimed before this time (set when a transient error deferred it).
+    not_before: Mapped[datetime | None] = mapped_column(default=None)
+    #: How often a transient error (disk full, out of memory) put the job back without spending an attempt.
+    deferrals: Mapped[int] = mapped_column(Integer, default=0)
 
     series: Mapped[Series] = relationship(back_populates="jobs")
     deliveries: Mapped[list[Delivery]] = relationship(back_populates="job")

@@ -4,6 +4,9 @@ Layout under the spool root (``settings.storage.spool_dir``)::
 
     incoming/<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm   received instances
     outgoing/<job id>/...                                                  a job's results (SEG, SR, ...)
+    work/<job id>/<SOPInstanceUID>.dcm    hard links to exactly the instances a running job reads
+    agent-id                              this agent's identity (created once, survives restarts)
+    agent.lock                            held (flock) by the running agent: one agent per spool
 
 Every file is written by :func:`atomic_write`: a temporary file in the same directory, ``fsync``,
 ``os.replace`` onto the final name, ``fsync`` of the directory. A reader (or a crash) sees either the
@@ -18,11 +21,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import logging
 import os
 import shutil
 import tempfile
 import time
+import uuid
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -101,6 +106,16 @@ def is_no_space_error(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and exc.errno in NO_SPACE_ERRNOS
 
 
+class SpoolBusy(RuntimeError):
+    """Another running agent holds this spool's lock."""
+
+
+#: File holding the agent identity, inside the spool root.
+AGENT_ID_FILE = "agent-id"
+#: File the running agent holds an exclusive ``flock`` on.
+LOCK_FILE = "agent.lock"
+
+
 class Spool:
     """Paths and writes under one spool root; safe to share between threads."""
 
@@ -108,6 +123,8 @@ class Spool:
         self.root = Path(root).expanduser().absolute()
         self.incoming_root = self.root / "incoming"
         self.outgoing_root = self.root / "outgoing"
+        self.work_root = self.root / "work"
+        self._lock_fd: int | None = None
 
     def create(self) -> None:
         """Create the root, ``incoming/`` and ``outgoing/`` (idempotent)."""
@@ -143,6 +160,49 @@ class Spool:
     def output_dir(self, job_id: int) -> Path:
         """Folder of one job's results (not created here)."""
         return self.root / self.output_relpath(job_id)
+
+    def work_dir(self, job_id: int) -> Path:
+        """Folder of hard links to the instances one running job reads (removed when the attempt ends)."""
+        return self.root / "work" / self.output_relpath(job_id).split("/", 1)[1]
+
+    # --- identity -------------------------------------------------------------------------------------
+
+    def agent_identity(self) -> str:
+        """This agent's identity: 16 hex digits made once and kept in ``<spool>/agent-id``.
+
+        It survives restarts (the lease owner of a job is ``<identity>@<host>:<pid>``, so a restarted agent
+        finds the jobs its previous run held) and differs between agents with their own spools, which is
+        what a shared PostgreSQL ledger needs.
+        """
+        path = self.root / AGENT_ID_FILE
+        try:
+            text = path.read_text(encoding="ascii").strip()
+        except FileNotFoundError:
+            text = ""
+        if len(text) == 16 and all(c in "0123456789abcdef" for c in text):
+            return text
+        identity = uuid.uuid4().hex[:16]
+        ensure_dir(self.root)
+        atomic_write(path, (identity + "\n").encode("ascii"))
+        return identity
+
+    def lock(self) -> None:
+        """Hold ``<spool>/agent.lock`` until :meth:`unlock` or the process ends (else :class:`SpoolBusy`)."""
+        if self._lock_fd is not None:
+            return
+        ensure_dir(self.root)
+        fd = os.open(self.root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o640)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise SpoolBusy(f"another spine-agent is running on the spool {self.root}") from None
+        self._lock_fd = fd
+
+    def unlock(self) -> None:
+        fd, self._lock_fd = self._lock_fd, None
+        if fd is not None:
+            os.close(fd)
 
     def resolve(self, relpath: str) -> Path:
         """An absolute path for a ledger ``spool_path``/``output_path``; refuses paths leaving the root."""

@@ -6,9 +6,14 @@ The quiet timer is one interval job that asks the ledger to close every quiet op
 queue one job for each (:meth:`storage.ledger.Ledger.queue_quiet_series`, a compare-and-set, so two
 schedulers on a shared PostgreSQL ledger still queue each version once).
 
+Quiet time counts only while the agent is up: a version is quiet once ``stable_age_s`` passed since
+both its last instance and the start of this scheduler, so a restart restarts every open version's clock
+(the series may have been cut off by the crash; the PACS gets ``stable_age_s`` to send the rest).
+
 Instances arriving after a version was closed open the next version (the ledger does this in
-``record_instance``); its job runs on the series folder as it stands then, i.e. with everything received
-so far. A new version re-runs the series; it is never merged silently into a finished result.
+``record_instance``), unless they are identical re-sends of instances already recorded; its job reads
+the instances of its version and of the earlier ones, i.e. the series as received up to then. A new
+version re-runs the series; it is never merged silently into a finished result.
 
 Other components add their own periodic work with :meth:`AgentScheduler.add_interval` (the sender's
 delivery tick, retention, gauges). Each job runs at most once at a time and missed runs are coalesced;
@@ -62,6 +67,8 @@ class AgentScheduler:
         self.on_queued = on_queued
         self.clock = clock
         self.stable_age_s = settings.dicom.stable_age_s
+        #: When :meth:`start` ran (the quiet clock of every open version restarts there).
+        self.up_since: datetime | None = None
         self._scheduler = BackgroundScheduler(
             timezone=UTC,
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
@@ -108,7 +115,7 @@ class AgentScheduler:
 
     def tick_quiet_series(self) -> list[int]:
         """Queue one job per open series version quiet for ``dicom.stable_age_s``; return their ids."""
-        job_ids = self.ledger.queue_quiet_series(self.stable_age_s, now=self.clock())
+        job_ids = self.ledger.queue_quiet_series(self.stable_age_s, now=self.clock(), up_since=self.up_since)
         if job_ids:
             log.info("series quiet for %.0f s: queued job(s) %s", self.stable_age_s, job_ids)
             if self.on_queued is not None:
@@ -116,7 +123,16 @@ class AgentScheduler:
         return job_ids
 
     def start(self) -> None:
-        """Start the background thread; the quiet timer runs once at once (series left by a restart)."""
+        """Start the background thread; series left open by a previous run are queued once quiet for
+        ``stable_age_s`` from now."""
+        self.up_since = self.clock()
+        left_open = self.ledger.open_series_count()
+        if left_open:
+            log.info(
+                "%d series version(s) still open from before this start: quiet time (%.0f s) restarts now",
+                left_open,
+                self.stable_age_s,
+            )
         self._scheduler.start()
         self._scheduler.modify_job(QUIET_TIMER_JOB, next_run_time=datetime.now(UTC))
         log.info(

@@ -12,6 +12,13 @@ and with ``dicom.require_called_ae`` the called AE title must be ours. A peer fa
 proper A-ASSOCIATE-RJ (rejected-permanent, service-user, with the diagnostic that fits) and one WARNING
 line naming the reason.
 
+How many: ``dicom.max_associations`` counts associations *admitted* by this SCP that are still alive;
+the check runs in the same hook, so a burst of peers gets exactly the free slots and every other one a
+transient A-ASSOCIATE-RJ (local limit exceeded) and one WARNING line. Connections that have not yet sent
+their request, or that are being rejected, do not hold a slot (pynetdicom's own count includes them, so
+its limit is set well above ours and only guards against floods). A connection silent for
+``dicom.idle_timeout_s`` (before its request, or between messages) is closed.
+
 A C-STORE is answered 0x0000 only after the instance is durable on disk
 (``spool/incoming/<study>/<series>/<sop>.dcm``, see :mod:`storage.spool`) and counted in the ledger.
 The handler is small: check, write, record, return. Every failure is a DICOM status with an Error
@@ -19,12 +26,17 @@ Comment and a log line: 0xA700 (no room: below ``storage.disk_reserve_mb`` free 
 0xC210 (cannot understand: no readable header, a UID breaking the DICOM grammar, SOP Instance UID not
 matching the request), 0xC211 (anything else, e.g. the ledger unreachable).
 
+An instance re-sent with the same bytes as already recorded (SHA-256) is answered Success and changes
+nothing in the ledger (see :meth:`storage.ledger.Ledger.record_instance`): re-sending a series whose job
+is queued does not open a new version.
+
 Logging: nothing of the patient at any level; UIDs appear at INFO and above only as
 :func:`dicom_io.uids.uid_digest` digests, in full at DEBUG.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import ssl
 import threading
@@ -57,6 +69,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
 from agent.errors import UserError
+from agent.service.redaction import digest_uids
 from agent.web import metrics
 from config import ConfigError, Settings
 from dicom_io.errors import InvalidUID
@@ -90,12 +103,19 @@ STATUS_CANNOT_UNDERSTAND = 0xC210
 STATUS_PROCESSING_FAILURE = 0xC211
 
 # A-ASSOCIATE-RJ parameters (PS3.8 9.3.4): result, source, diagnostic.
+_REJECT_LOCAL_LIMIT = (0x02, 0x03, 0x02)  # rejected-transient, service-provider (presentation), limit
 _REJECT_NO_REASON = (0x01, 0x01, 0x01)
 _REJECT_CALLING_AE = (0x01, 0x01, 0x03)
 _REJECT_CALLED_AE = (0x01, 0x01, 0x07)
 
 #: Error Comment (0000,0902) is an LO: at most 64 characters.
 _ERROR_COMMENT_MAX = 64
+
+#: Connections pynetdicom may hold beyond ``dicom.max_associations`` (requests being read or rejected).
+_PYNETDICOM_HEADROOM = 64
+
+#: Size of one instance assumed before any arrived, for the readiness check (a 512x512 CT slice is 0.5 MiB).
+DEFAULT_INSTANCE_BYTES = 1024 * 1024
 
 
 class _Refusal(Exception):
@@ -172,7 +192,10 @@ class StorageSCP:
         self._allowed_hosts = frozenset(settings.dicom.allowed_hosts)
         self._server: ThreadedAssociationServer | None = None
         self._tallies: dict[int, _AssociationTally] = {}
+        self._admitted: dict[int, Association] = {}
         self._lock = threading.Lock()
+        #: Largest instance stored since start: the room the next one needs (see :meth:`space_refusal`).
+        self.largest_instance_bytes = DEFAULT_INSTANCE_BYTES
 
     # --- life cycle -----------------------------------------------------------------------------------
 
@@ -180,7 +203,10 @@ class StorageSCP:
         """The pynetdicom AE with our contexts and limits (access control is in the EVT_REQUESTED hook)."""
         cfg = self.settings.dicom
         ae = AE(ae_title=cfg.ae_title)
-        ae.maximum_associations = cfg.max_associations
+        # Our own count in _on_requested enforces max_associations; pynetdicom's counts every thread.
+        ae.maximum_associations = cfg.max_associations + _PYNETDICOM_HEADROOM
+        ae.acse_timeout = cfg.idle_timeout_s
+        ae.network_timeout = cfg.idle_timeout_s
         # Our own checks in _on_requested give the logged reason; pynetdicom's would reject silently.
         ae.require_calling_aet = []
         ae.require_called_aet = False
@@ -285,11 +311,25 @@ class StorageSCP:
             return _REJECT_CALLED_AE, f"called AE {called!r} is not ours ({self.settings.dicom.ae_title!r})"
         return None
 
+    def _admit(self, assoc: Association) -> bool:
+        """Take one of the ``dicom.max_associations`` slots for ``assoc``; False when none is free."""
+        with self._lock:
+            for key, other in list(self._admitted.items()):
+                if not other.is_alive() or other.is_released or other.is_aborted:
+                    del self._admitted[key]
+            if len(self._admitted) >= self.settings.dicom.max_associations:
+                return False
+            self._admitted[id(assoc)] = assoc
+            return True
+
     def _on_requested(self, event: evt.Event) -> None:
         assoc = event.assoc
         refusal = self._access_refusal(assoc)
         if refusal is None:
-            return
+            if self._admit(assoc):
+                return
+            limit = self.settings.dicom.max_associations
+            refusal = _REJECT_LOCAL_LIMIT, f"dicom.max_associations ({limit}) associations already open"
         (result, source, diagnostic), reason = refusal
         log.warning("association from %s rejected: %s", _peer(assoc), reason)
         # The same three steps pynetdicom's ACSE takes for its own rejections.
@@ -304,11 +344,14 @@ class StorageSCP:
         log.debug("association from %s accepted", _peer(event.assoc))
 
     def _on_rejected(self, event: evt.Event) -> None:
-        # Ours (access control) and pynetdicom's (e.g. dicom.max_associations reached).
+        # Ours (access control, dicom.max_associations) and pynetdicom's (its flood guard).
         metrics.ASSOCIATIONS.labels(outcome="rejected").inc()
+        with self._lock:
+            self._admitted.pop(id(event.assoc), None)
 
     def _on_closed(self, event: evt.Event) -> None:
         with self._lock:
+            self._admitted.pop(id(event.assoc), None)
             tally = self._tallies.pop(id(event.assoc), None)
         if tally is None:
             return
@@ -340,7 +383,13 @@ class StorageSCP:
         except _Refusal as refusal:
             return self._refuse(event, refusal.status, refusal.comment)
         except Exception as exc:  # the peer gets a status, never a crashed association
-            log.exception("C-STORE from %s failed unexpectedly", _peer(event.assoc))
+            # The message may hold a spool path (UIDs): digested here, in full with the traceback at DEBUG.
+            log.error(
+                "C-STORE from %s failed unexpectedly: %s",
+                _peer(event.assoc),
+                digest_uids(f"{type(exc).__name__}: {exc}"),
+            )
+            log.debug("C-STORE failure", exc_info=True)
             return self._refuse(event, STATUS_PROCESSING_FAILURE, f"internal error: {type(exc).__name__}")
         metrics.INSTANCES_RECEIVED.inc()
         metrics.BYTES_RECEIVED.inc(nbytes)
@@ -377,6 +426,8 @@ class StorageSCP:
         if _text(header.get("SOPInstanceUID")) != sop_uid:
             raise _Refusal(STATUS_CANNOT_UNDERSTAND, "SOP Instance UID differs from the C-STORE request's")
 
+        if len(data) > self.largest_instance_bytes:
+            self.largest_instance_bytes = len(data)
         if not self.spool.has_room(self._reserve_bytes, len(data)):
             raise _Refusal(STATUS_OUT_OF_RESOURCES, "spool disk below its reserve (storage.disk_reserve_mb)")
         try:
@@ -385,11 +436,43 @@ class StorageSCP:
             if is_no_space_error(exc):
                 raise _Refusal(STATUS_OUT_OF_RESOURCES, "spool disk full") from exc
             raise
-        self.ledger.record_instance(
-            study_uid, series_uid, len(data), self.spool.incoming_relpath(study_uid, series_uid), self.clock()
+        series = self.ledger.record_instance(
+            study_uid,
+            series_uid,
+            len(data),
+            self.spool.incoming_relpath(study_uid, series_uid),
+            self.clock(),
+            sop_instance_uid=sop_uid,
+            sha256=hashlib.sha256(data).hexdigest(),
         )
-        log.debug("stored %s (%d bytes, series %s)", path, len(data), series_uid)
+        log.debug(
+            "stored %s (%d bytes, series %s%s)",
+            path,
+            len(data),
+            series_uid,
+            ", identical re-send" if series.duplicate else "",
+        )
         return len(data), series_uid
+
+    def space_refusal(self) -> str | None:
+        """Why the next C-STORE would be answered 0xA700 (None when it would be stored).
+
+        The same rule as :meth:`store`: free space minus the incoming instance must stay above
+        ``storage.disk_reserve_mb``; the incoming instance is taken as the largest one stored since start
+        (:data:`DEFAULT_INSTANCE_BYTES` before any). ``/readyz`` reports it.
+        """
+        try:
+            free = self.spool.free_bytes()
+        except OSError as exc:
+            return f"cannot read free space: {exc.strerror or exc}"
+        need = self._reserve_bytes + self.largest_instance_bytes
+        if free >= need:
+            return None
+        mib = 1024 * 1024
+        return (
+            f"{free // mib} MiB free, below the reserve {self._reserve_bytes // mib} MiB plus one instance "
+            f"({-(-self.largest_instance_bytes // mib)} MiB): C-STORE would be answered 0xA700"
+        )
 
     def _refuse(self, event: evt.Event, status: int, comment: str) -> Dataset:
         metrics.INSTANCES_REFUSED.labels(status=f"0x{status:04X}").inc()

@@ -14,13 +14,16 @@ back-off (``retry_base_s * 2**(attempts-1)``, capped at ``retry_cap_s``) after a
 FAILED when ``max_attempts`` is spent or the failure cannot heal by waiting (destination no longer
 configured, job outputs gone, SOP Class refused by the peer). The next attempt time, the attempt count
 and the instances already stored live in the ledger, so a restart resumes where it stopped and never
-re-sends an instance that was stored.
+re-sends an instance that was stored: each instance is recorded as sent the moment its C-STORE Success
+(or warning) arrives, while the association is still open. A sending attempt holds its delivery for
+``delivery.lease_s`` (other agents on the ledger skip it); after a crash mid-send the delivery is due
+again when that lease ends, and only the instances without a recorded Success are sent.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -174,12 +177,14 @@ def send_files(
     calling_ae: str,
     timeout_s: float = 30.0,
     skip_instances: Collection[str] = (),
+    on_stored: Callable[[str], None] | None = None,
 ) -> SendOutcome:
     """Store ``files`` at ``called_ae@host:port`` in one association, calling as ``calling_ae``.
 
     Files whose SOP Instance UID is in ``skip_instances`` are not sent (and not reported). Unreadable
     files are reported with status None. Each C-STORE's status is returned; a failed C-STORE does not
-    stop the others.
+    stop the others. ``on_stored(sop_instance_uid)`` is called as soon as the peer answers a C-STORE with
+    success or a warning, before the next file is sent.
 
     Raises:
         AssociationFailed: the association was rejected, aborted or could not be opened, or no
@@ -218,7 +223,10 @@ def send_files(
         if not accepted:
             raise AssociationFailed(f"{destination} accepted none of the proposed presentation contexts")
         for item in items:
-            results.append(_store_one(assoc, item, accepted))
+            result = _store_one(assoc, item, accepted)
+            results.append(result)
+            if result.stored and on_stored is not None:
+                on_stored(item.sop_instance_uid)
             if not assoc.is_established:
                 break
         sent = {r.path for r in results}
@@ -261,10 +269,6 @@ def backoff_delay(attempts: int, base_s: float, cap_s: float) -> float:
     return float(min(cap_s, base_s * 2.0 ** min(attempts - 1, 62)))
 
 
-#: Seconds a sending attempt holds its delivery (another agent on the same ledger skips it meanwhile).
-DELIVERY_LEASE_S = 300.0
-
-
 def run_due_deliveries(
     ledger: Ledger, settings: Settings, spool: Spool, now: datetime | None = None
 ) -> list[Delivery]:
@@ -275,7 +279,7 @@ def run_due_deliveries(
     now = now or utcnow()
     updated: list[Delivery] = []
     for delivery in ledger.due_deliveries(now):
-        if not ledger.claim_delivery(delivery, DELIVERY_LEASE_S, now):
+        if not ledger.claim_delivery(delivery, settings.delivery.lease_s, now):
             continue  # another agent sharing the ledger is sending it
         try:
             updated.append(deliver(ledger, settings, spool, delivery, now))
@@ -352,6 +356,7 @@ def deliver(ledger: Ledger, settings: Settings, spool: Spool, delivery: Delivery
             files,
             calling_ae=policy.calling_ae_title,
             skip_instances=set(delivery.sent_instances),
+            on_stored=lambda sop: ledger.record_sent_instance(delivery.id, sop),
         )
     except AssociationFailed as exc:
         return record(DeliveryState.PENDING, error=str(exc))

@@ -4,7 +4,9 @@ Start order: checks (agent/service/preflight.py: spool, ledger folder, weights, 
 problem stops the start with one line naming the key) -> ledger (migrated) -> HTTP and SCP bound (a busy
 port fails in the first second; /readyz says "model not loaded" meanwhile, and what the SCP stores
 waits durably in the spool) -> engine (loaded once) -> worker -> scheduler ticks (quiet timer,
-deliveries, retention) -> systemd READY=1 (Type=notify).
+deliveries, retention) -> systemd READY=1 (Type=notify). Right after the ledger: the spool is locked
+(one agent per spool; its ``agent-id`` file names this agent across restarts) and the jobs this agent
+still held RUNNING when it last stopped are released at once (one WARNING line).
 Stop order (SIGTERM/SIGINT): SCP first (no new associations), scheduler, then the worker finishes its
 job within ``shutdown_grace_s`` or releases it to the queue, HTTP, ledger.
 """
@@ -12,6 +14,7 @@ job within ``shutdown_grace_s`` or releases it to the queue, HTTP, ledger.
 from __future__ import annotations
 
 import logging
+import shutil
 import signal
 import threading
 from dataclasses import dataclass
@@ -24,14 +27,14 @@ from agent.service.scheduler import AgentScheduler
 from agent.service.scp import StorageSCP
 from agent.service.sd_notify import notify
 from agent.service.sender import run_due_deliveries
-from agent.service.worker import JobWorker
+from agent.service.worker import JobWorker, worker_identity
 from agent.web import metrics
 from agent.web.dashboard import Dashboard, load_admin_token
 from agent.web.http import CheckResult, HealthServer
 from config import ConfigError, Settings
 from storage import Ledger
 from storage.retention import RetentionSweeper
-from storage.spool import Spool
+from storage.spool import Spool, SpoolBusy
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +88,7 @@ class AgentService:
         self._stopped = threading.Event()
         self._stop_lock = threading.Lock()
         self._stop_report: ShutdownReport | None = None
+        self.agent_id: str | None = None
 
     @property
     def engine(self) -> Predictor | None:
@@ -96,6 +100,7 @@ class AgentService:
         admin_token = load_admin_token(http) if http.port and http.dashboard else None
         self._log_configuration()
         self.ledger.upgrade()
+        self._claim_spool()
         # Bind both ports before the engine loads: a busy port fails now, not after a minute.
         if self.settings.http.port:
             self.http = HealthServer(
@@ -120,7 +125,12 @@ class AgentService:
         log.info("engine: weights version %s", version)
         metrics.MODEL_INFO.labels(version=str(version)).set(1)
         self.worker = JobWorker(
-            self.settings, self.ledger, self.spool, self._engine, poll_s=self._worker_poll_s
+            self.settings,
+            self.ledger,
+            self.spool,
+            self._engine,
+            owner=worker_identity(self.agent_id),
+            poll_s=self._worker_poll_s,
         )
         self.worker.start()
         self.scheduler = AgentScheduler(self.settings, self.ledger)
@@ -137,6 +147,23 @@ class AgentService:
         )
         notify("READY=1", f"STATUS=listening on DICOM port {self.scp.port}, engine {version}")
 
+    def _claim_spool(self) -> None:
+        """Lock the spool (one agent per spool), learn this agent's identity, release its leftover jobs."""
+        try:
+            self.spool.lock()
+        except SpoolBusy as exc:
+            raise UserError(str(exc)) from None
+        self.agent_id = self.spool.agent_identity()
+        released = self.ledger.release_owned_jobs(self.agent_id)
+        if released:
+            log.warning(
+                "agent %s: %d job(s) left RUNNING by its previous run released at start: %s",
+                self.agent_id,
+                len(released),
+                ", ".join(map(str, released)),
+            )
+        shutil.rmtree(self.spool.work_root, ignore_errors=True)  # input links of interrupted attempts
+
     def _log_configuration(self) -> None:
         """One INFO line each: the config file, the destinations, the ledger (password hidden)."""
         log.info("configuration: %s", self.config_origin or "built-in defaults (no config file)")
@@ -149,8 +176,12 @@ class AgentService:
         log.info("ledger: %s", redacted_url(self.settings.ledger.url))
 
     def _check_scp(self) -> CheckResult:
-        running = self.scp is not None and self.scp.running
-        return CheckResult(running, "listening" if running else "the DICOM SCP is not listening")
+        if self.scp is None or not self.scp.running:
+            return CheckResult(False, "the DICOM SCP is not listening")
+        refusal = self.scp.space_refusal()
+        if refusal is not None:
+            return CheckResult(False, refusal)
+        return CheckResult(True, "listening")
 
     def _check_worker(self) -> CheckResult:
         alive = self.worker is not None and self.worker.alive
@@ -173,6 +204,7 @@ class AgentService:
             if self.http is not None:
                 self.http.stop()
             self.ledger.close()
+            self.spool.unlock()
             self._stop_report = ShutdownReport(released_job=released)
             self._stopped.set()
             log.info("spine-agent stopped%s", f"; job {released} released" if released else "")
