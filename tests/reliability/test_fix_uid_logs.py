@@ -40,8 +40,8 @@ def test_failure_reasons_and_log_lines_carry_uid_digests_only(tmp_path: Path) ->
         assert f"uid:{uid_digest(series.sop_uids[5])}" in reason
         assert not FULL_UID.search(reason.replace(".dcm", "")), reason
         uids = {series.study_uid, series.series_uid, series.frame_of_reference_uid, *series.sop_uids}
+        wait_for(lambda: "job 1: failed" in agent.log_text(), 10, what="the failure's log line")
         log = agent.log_text()
-        assert "job 1: failed" in log
         leaked = sorted(uid for uid in uids if uid in log)
         assert leaked == [], f"full UIDs in the INFO log: {leaked}"
     finally:
