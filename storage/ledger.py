@@ -34,14 +34,15 @@ JOB_TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     JobState.SUCCEEDED: frozenset(),
 }
 
-#: Legal delivery moves; FAILED/CANCELLED -> PENDING is an admin's retry.
+#: Legal delivery moves; FAILED/CANCELLED -> PENDING is an admin's retry, DELIVERED -> PENDING an admin's
+#: re-send (every instance sent again: :meth:`Ledger.resend_delivery`).
 DELIVERY_TRANSITIONS: dict[DeliveryState, frozenset[DeliveryState]] = {
     DeliveryState.PENDING: frozenset(
         {DeliveryState.DELIVERED, DeliveryState.FAILED, DeliveryState.CANCELLED}
     ),
     DeliveryState.FAILED: frozenset({DeliveryState.PENDING}),
     DeliveryState.CANCELLED: frozenset({DeliveryState.PENDING}),
-    DeliveryState.DELIVERED: frozenset(),
+    DeliveryState.DELIVERED: frozenset({DeliveryState.PENDING}),
 }
 
 FINISHED_JOB_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
@@ -685,6 +686,67 @@ class Ledger:
                 )
             return delivery
 
+    def resend_delivery(self, delivery_id: int, now: datetime | None = None) -> Delivery:
+        """DELIVERED/FAILED/CANCELLED -> PENDING with every instance to be sent again (an admin's re-send,
+        e.g. after the destination lost them); raises :class:`IllegalTransition` for a PENDING one or a
+        job whose files retention removed."""
+        now = now or utcnow()
+        with self.transaction() as session:
+            delivery = session.get(Delivery, delivery_id)
+            if delivery is None:
+                raise NotFound(f"delivery {delivery_id} does not exist")
+            check_delivery_transition(delivery.id, delivery.state, DeliveryState.PENDING)
+            self._pend_again(session, delivery, now, "re-send of every instance requested by an admin")
+            return delivery
+
+    def send_job_to(self, job_id: int, destination: str, now: datetime | None = None) -> Delivery:
+        """Send a SUCCEEDED job's results to ``destination``: a new PENDING delivery, or the existing one
+        to that destination re-sent in full (see :meth:`resend_delivery`). One event either way."""
+        now = now or utcnow()
+        with self.transaction() as session:
+            job = session.get(Job, job_id)
+            if job is None:
+                raise NotFound(f"job {job_id} does not exist")
+            if job.state != JobState.SUCCEEDED:
+                raise IllegalTransition(f"job {job_id} is {job.state.value}; it has no results to send")
+            delivery = session.scalars(
+                select(Delivery).where(Delivery.job_id == job_id, Delivery.destination == destination)
+            ).first()
+            if delivery is not None:
+                check_delivery_transition(delivery.id, delivery.state, DeliveryState.PENDING)
+                self._pend_again(session, delivery, now, f"sent again to {destination} by an admin")
+                return delivery
+            if job.purged_at is not None:
+                raise IllegalTransition(f"job {job_id}: its files were removed by retention")
+            delivery = Delivery(
+                job_id=job.id,
+                destination=destination,
+                state=DeliveryState.PENDING,
+                attempts=0,
+                next_attempt_at=now,
+                sent_instances=[],
+                created_at=now,
+            )
+            session.add(delivery)
+            session.flush()
+            self._event(
+                session, now, "delivery.pending", f"sent to {destination} by an admin",
+                job_id=job.id, delivery_id=delivery.id,
+            )
+            return delivery
+
+    def _pend_again(self, session: Session, delivery: Delivery, now: datetime, detail: str) -> None:
+        if delivery.job.purged_at is not None:
+            raise IllegalTransition(
+                f"delivery {delivery.id}: job {delivery.job_id}'s files were removed by retention"
+            )
+        delivery.state = DeliveryState.PENDING
+        delivery.attempts = 0
+        delivery.sent_instances = []
+        delivery.next_attempt_at = now
+        delivery.finished_at = None
+        self._event(session, now, "delivery.pending", detail, job_id=delivery.job_id, delivery_id=delivery.id)
+
     def retry_delivery(self, delivery_id: int, now: datetime | None = None) -> Delivery:
         """FAILED/CANCELLED -> PENDING, due now, with a fresh attempt budget."""
         now = now or utcnow()
@@ -692,6 +754,11 @@ class Ledger:
             delivery = session.get(Delivery, delivery_id)
             if delivery is None:
                 raise NotFound(f"delivery {delivery_id} does not exist")
+            if delivery.state == DeliveryState.DELIVERED:  # a retry resumes; a delivered one needs a re-send
+                raise IllegalTransition(
+                    f"delivery {delivery_id}: cannot go from DELIVERED to PENDING by a retry "
+                    "(a re-send sends every instance again: deliveries resend)"
+                )
             check_delivery_transition(delivery.id, delivery.state, DeliveryState.PENDING)
             if delivery.job.purged_at is not None:
                 raise IllegalTransition(

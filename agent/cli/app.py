@@ -347,6 +347,32 @@ def deliveries_retry(
     console.print(f"delivery {delivery.id} to {delivery.destination} is {delivery.state.value}")
 
 
+@deliveries_app.command("resend")
+def deliveries_resend(
+    delivery_id: Annotated[int, typer.Argument(help="Delivery id (DELIVERED, FAILED or CANCELLED).")],
+) -> None:
+    """Send every instance of a delivery again, even one already DELIVERED (e.g. the PACS lost it)."""
+    delivery = open_ledger(settings()).resend_delivery(delivery_id)
+    state = delivery.state.value
+    console.print(f"delivery {delivery.id} to {delivery.destination} is {state} (every instance again)")
+
+
+@jobs_app.command("send")
+def jobs_send(
+    job_id: Annotated[int, typer.Argument(help="Job id (SUCCEEDED).")],
+    destination: Annotated[str, typer.Argument(help="Destination name (`spine-agent destinations list`).")],
+) -> None:
+    """Send a job's results to a destination (a new delivery, or the existing one re-sent in full)."""
+    cfg = settings()
+    names = [d.name for d in cfg.destinations]
+    if destination not in names:
+        raise UserError(
+            f"no destination {destination!r} in {config_origin()} (configured: {', '.join(names) or 'none'})"
+        )
+    delivery = open_ledger(cfg).send_job_to(job_id, destination)
+    console.print(f"job {job_id}: delivery {delivery.id} to {destination} is {delivery.state.value}")
+
+
 # --- echo ---------------------------------------------------------------------------------------------
 
 

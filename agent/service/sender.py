@@ -314,7 +314,7 @@ def deliver(ledger: Ledger, settings: Settings, spool: Spool, delivery: Delivery
                 next_at = now + timedelta(
                     seconds=backoff_delay(attempts_after, policy.retry_base_s, policy.retry_cap_s)
                 )
-        metrics.DELIVERY_ATTEMPTS.labels(outcome=outcome.value.lower()).inc()
+        metrics.note_delivery_attempt(delivery.destination, outcome.value.lower(), error, now)
         if outcome == DeliveryState.DELIVERED:
             log.info("delivery %d: delivered to %s", delivery.id, delivery.destination, extra=extra)
         elif outcome == DeliveryState.FAILED:

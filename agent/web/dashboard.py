@@ -106,7 +106,8 @@ SECURITY_HEADERS: dict[str, str] = {
 _JOB_PAGE = re.compile(r"/dashboard/jobs/(\d{1,18})")
 _API_JOB = re.compile(r"/api/jobs/(\d{1,18})")
 _JOB_ACTION = re.compile(r"/api/jobs/(\d{1,18})/(retry|cancel)")
-_DELIVERY_ACTION = re.compile(r"/api/deliveries/(\d{1,18})/retry")
+_DELIVERY_ACTION = re.compile(r"/api/deliveries/(\d{1,18})/(retry|resend)")
+_JOB_SEND = re.compile(r"/api/jobs/(\d{1,18})/send/([A-Za-z0-9_.-]{1,64})")
 
 #: Job states an admin may retry (-> QUEUED) or cancel, as in ``spine-agent jobs retry|cancel``.
 RETRYABLE_JOBS = frozenset({JobState.FAILED, JobState.CANCELLED})
@@ -239,6 +240,11 @@ class Dashboard:
         self._token = admin_token.encode() if admin_token is not None else None
         self.refresh_s = refresh_s
         self._templates = _templates()
+        #: The configured destination names (a job can be sent to each); set by the HTTP server.
+        self.destinations: list[str] = []
+        #: What the system page shows (readiness checks, disk, weights, destinations); set by the HTTP
+        #: server, which owns those checks. None: the page says it is not available.
+        self.system_status: Callable[[], dict[str, Any]] | None = None
 
     @property
     def actions_enabled(self) -> bool:
@@ -275,6 +281,10 @@ class Dashboard:
             return self._jobs_page(query)
         if path == "/dashboard/deliveries":
             return self._deliveries_page(query)
+        if path == "/dashboard/system":
+            return self._system_page()
+        if path == "/api/system":
+            return _json(HTTPStatus.OK, self._system())
         if path.startswith(f"{STATIC}/") and (static := STATIC_FILES.get(path.removeprefix(f"{STATIC}/"))):
             name, content_type = static
             return DashboardResponse(HTTPStatus.OK, _static_bytes(name), content_type, dict(SECURITY_HEADERS))
@@ -298,7 +308,13 @@ class Dashboard:
         if match := _JOB_ACTION.fullmatch(path):
             target, run = int(match[1]), self._retry_job if match[2] == "retry" else self._cancel_job
         elif match := _DELIVERY_ACTION.fullmatch(path):
-            target, run = int(match[1]), self._retry_delivery
+            target = int(match[1])
+            run = self._retry_delivery if match[2] == "retry" else self._resend_delivery
+        elif match := _JOB_SEND.fullmatch(path):
+            destination = match[2]
+            if destination not in self.destinations:
+                return _error(HTTPStatus.NOT_FOUND, f"no destination {destination!r} is configured")
+            target, run = int(match[1]), lambda job_id: self._send_job(job_id, destination)
         else:
             return _error(HTTPStatus.NOT_FOUND, f"no action at {path}")
         if self._token is None:
@@ -336,6 +352,15 @@ class Dashboard:
 
     def _cancel_job(self, job_id: int) -> str:
         return f"job {job_id} is {self.ledger.cancel_job(job_id).state.value}"
+
+    def _resend_delivery(self, delivery_id: int) -> str:
+        delivery = self.ledger.resend_delivery(delivery_id)
+        state = delivery.state.value
+        return f"delivery {delivery.id} to {delivery.destination} is {state} (every instance again)"
+
+    def _send_job(self, job_id: int, destination: str) -> str:
+        delivery = self.ledger.send_job_to(job_id, destination)
+        return f"job {job_id}: delivery {delivery.id} to {destination} is {delivery.state.value}"
 
     def _retry_delivery(self, delivery_id: int) -> str:
         delivery = self.ledger.retry_delivery(delivery_id)
@@ -430,6 +455,7 @@ class Dashboard:
             "last_error": d.last_error,
             "when": _when(d.next_attempt_at if d.state == DeliveryState.PENDING else d.finished_at),
             "retryable": d.state in RETRYABLE_DELIVERIES,
+            "resendable": d.state == DeliveryState.DELIVERED,
         }
 
     @staticmethod
@@ -496,8 +522,18 @@ class Dashboard:
             facts=facts,
             timings=[(stage, _seconds(s)) for stage, s in job.timings.items()],
             deliveries=[self._delivery_view(d) for d in job.deliveries],
+            send_to=self.destinations if job.state == JobState.SUCCEEDED and job.purged_at is None else [],
             events=[{"at": _when(e.at), "kind": e.kind, "detail": e.detail or ""} for e in events],
         )
+
+    def _system(self) -> dict[str, Any]:
+        return self.system_status() if self.system_status is not None else {"available": False}
+
+    def _system_page(self) -> DashboardResponse:
+        status = self._system()
+        if not status.get("available", True):
+            return self._message(HTTPStatus.OK, "System", "system", "System status is not available here.")
+        return self._html(HTTPStatus.OK, "system.html", "System", "system", system=status)
 
     def _deliveries_page(self, query: dict[str, list[str]]) -> DashboardResponse:
         deliveries = self._deliveries(query)

@@ -182,7 +182,12 @@ class _Handler(BaseHTTPRequestHandler):
             elif path == "/readyz":
                 results = owner.readiness.run()
                 ready = all(r.ok for r in results.values())
-                body = {"ready": ready, "checks": {k: r.as_json() for k, r in results.items()}}
+                body = {
+                    "ready": ready,
+                    "checks": {k: r.as_json() for k, r in results.items()},
+                    # For information (never makes the agent unready): each destination's last attempt.
+                    "destinations": metrics.destination_status(owner.destination_names),
+                }
                 failed = ", ".join(f"{k} ({r.detail})" for k, r in results.items() if not r.ok)
                 owner.note_readiness(failed or None)
                 status = HTTPStatus.OK if ready else HTTPStatus.SERVICE_UNAVAILABLE
@@ -274,6 +279,10 @@ class HealthServer:
     ) -> None:
         self.ledger = ledger
         self.dashboard = dashboard
+        self.destination_names = [d.name for d in settings.destinations]
+        if dashboard is not None:
+            dashboard.destinations = list(self.destination_names)
+            dashboard.system_status = self.system_status
         self.readiness = Readiness(
             settings, ledger, model_loaded=model_loaded, extra_checks=extra_checks, disk_probe=disk_probe
         )
@@ -282,6 +291,22 @@ class HealthServer:
         self._server: _OpsHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._last_not_ready: str | None = None
+
+    def system_status(self) -> dict[str, Any]:
+        """What the dashboard's system page shows: the readiness checks, free disk, the loaded weights
+        version and each destination's last attempt (the same data as /readyz and /metrics)."""
+        results = self.readiness.run()
+        try:
+            free = f"{self.readiness.disk_probe(self.readiness.spool_dir).free / 2**30:.1f} GiB"
+        except OSError as exc:
+            free = f"unknown ({exc.strerror or exc})"
+        return {
+            "ready": all(r.ok for r in results.values()),
+            "checks": {name: r.as_json() for name, r in results.items()},
+            "weights_version": metrics.loaded_model_version(),
+            "disk_free": free,
+            "destinations": metrics.destination_status(self.destination_names),
+        }
 
     @property
     def port(self) -> int:

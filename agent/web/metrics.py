@@ -8,6 +8,8 @@ time by :func:`refresh_ledger_gauges`.
 from __future__ import annotations
 
 import shutil
+import threading
+from datetime import datetime
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -61,14 +63,47 @@ DELIVERIES = Gauge(
     "spine_agent_deliveries", "Deliveries in the ledger by state", ["state"], registry=REGISTRY
 )
 DELIVERY_ATTEMPTS = Counter(
-    "spine_agent_delivery_attempts", "Sending attempts by outcome", ["outcome"], registry=REGISTRY
+    "spine_agent_delivery_attempts",
+    "Sending attempts by outcome and destination",
+    ["outcome", "destination"],
+    registry=REGISTRY,
 )
+
+#: The last sending attempt per destination in this process (``/readyz`` shows it, for information).
+_DESTINATION_STATUS: dict[str, dict[str, str | None]] = {}
+_DESTINATION_LOCK = threading.Lock()
+
+
+def note_delivery_attempt(destination: str, outcome: str, error: str | None, at: datetime) -> None:
+    """Count one sending attempt (``delivered``, ``pending`` = will retry, ``failed``) and remember it."""
+    DELIVERY_ATTEMPTS.labels(outcome=outcome, destination=destination).inc()
+    with _DESTINATION_LOCK:
+        status = _DESTINATION_STATUS.setdefault(destination, {"last_delivered_at": None})
+        status.update(last_attempt_at=at.isoformat(), last_outcome=outcome, last_error=error)
+        if outcome == "delivered":
+            status["last_delivered_at"] = at.isoformat()
+
+
+def destination_status(names: list[str]) -> dict[str, dict[str, str | None]]:
+    """The last attempt (time, outcome, error) and last success per configured destination name."""
+    empty = {"last_attempt_at": None, "last_outcome": None, "last_error": None, "last_delivered_at": None}
+    with _DESTINATION_LOCK:
+        return {name: {**empty, **_DESTINATION_STATUS.get(name, {})} for name in names}
 
 # Host and model
 DISK_FREE = Gauge("spine_agent_disk_free_bytes", "Free bytes on the spool's file system", registry=REGISTRY)
 MODEL_INFO = Gauge(
     "spine_agent_model_info", "The loaded engine weights (value 1)", ["version"], registry=REGISTRY
 )
+
+
+def loaded_model_version() -> str | None:
+    """The weights version the service reported as loaded (``spine_agent_model_info``), or None."""
+    for family in MODEL_INFO.collect():
+        for sample in family.samples:
+            if sample.value == 1:
+                return str(sample.labels["version"])
+    return None
 
 
 def refresh_disk_gauge(spool_dir: Path) -> int:

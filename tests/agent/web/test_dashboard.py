@@ -17,7 +17,7 @@ import pytest
 from agent.service.service import AgentService
 from agent.web.dashboard import Dashboard, load_admin_token
 from agent.web.http import HealthServer
-from config import ConfigError, HttpSettings, Settings, settings_from_mapping
+from config import ConfigError, Destination, HttpSettings, Settings, settings_from_mapping
 from config.settings import LedgerSettings, StorageSettings
 from dicom_io.result import Result
 from dicom_io.volume import Volume
@@ -489,8 +489,79 @@ def test_serve_offers_the_dashboard_with_the_token_from_its_file(tmp_path: Path)
 
 def test_serve_stops_before_listening_when_the_token_file_is_missing(tmp_path: Path) -> None:
     settings = _service_settings(tmp_path, admin_token_file=str(tmp_path / "missing"))
-    service = AgentService(settings, engine=_IdlePredictor())
+    # Refused before anything is built (agent/service/preflight.py): nothing listens, nothing to stop.
     with pytest.raises(ConfigError, match="admin_token_file .*missing: cannot read"):
-        service.start()
-    assert service.http is None and service.scp is None and service.worker is None
-    service.stop()
+        AgentService(settings, engine=_IdlePredictor())
+
+
+# --- re-send, send to a destination, system page (issue 17) ---------------------------------------------
+
+
+@pytest.fixture
+def with_destinations(settings: Settings, ledger: Ledger, jobs: Jobs) -> Iterator[HealthServer]:
+    configured = settings.model_copy(
+        update={
+            "destinations": [
+                Destination(name=n, ae_title="PACS", host="127.0.0.1", port=104)
+                for n in ("pacs", "backup", "archive")
+            ]
+        }
+    )
+    http = start_server(configured, ledger, TOKEN)
+    yield http
+    http.stop()
+
+
+def test_resend_a_delivered_delivery_from_the_dashboard(
+    with_destinations: HealthServer, ledger: Ledger, jobs: Jobs
+) -> None:
+    page = call(with_destinations, f"/dashboard/jobs/{jobs.succeeded}").body
+    assert f'data-action="/api/deliveries/{jobs.delivered}/resend"' in page
+    assert f'data-action="/api/deliveries/{jobs.failed_delivery}/resend"' not in page
+    reply = call(with_destinations, f"/api/deliveries/{jobs.delivered}/resend", "POST", token=TOKEN)
+    assert reply.json()["message"] == f"delivery {jobs.delivered} to pacs is PENDING (every instance again)"
+    (resent,) = [d for d in ledger.list_deliveries(jobs.succeeded) if d.id == jobs.delivered]
+    assert resent.state == DeliveryState.PENDING and resent.sent_instances == []
+    last_event = ledger.events(job_id=jobs.succeeded)[-1].detail
+    assert last_event == "re-send of every instance requested by an admin"
+    again = call(with_destinations, f"/api/deliveries/{jobs.delivered}/resend", "POST", token=TOKEN)
+    assert again.status == 409 and "cannot go from PENDING to PENDING" in again.json()["error"]
+
+
+def test_send_a_job_to_another_destination_from_the_dashboard(
+    with_destinations: HealthServer, ledger: Ledger, jobs: Jobs
+) -> None:
+    page = call(with_destinations, f"/dashboard/jobs/{jobs.succeeded}").body
+    for name in ("pacs", "backup", "archive"):
+        assert f'data-action="/api/jobs/{jobs.succeeded}/send/{name}"' in page
+    assert "/send/" not in call(with_destinations, f"/dashboard/jobs/{jobs.failed}").body
+    reply = call(with_destinations, f"/api/jobs/{jobs.succeeded}/send/archive", "POST", token=TOKEN)
+    assert reply.status == 200 and reply.json()["message"].endswith("to archive is PENDING")
+    destinations = sorted(d.destination for d in ledger.list_deliveries(jobs.succeeded))
+    assert destinations == ["archive", "backup", "pacs"]
+    assert ledger.events(job_id=jobs.succeeded)[-1].detail == "sent to archive by an admin"
+    unknown = call(with_destinations, f"/api/jobs/{jobs.succeeded}/send/nowhere", "POST", token=TOKEN)
+    assert unknown.status == 404 and "no destination 'nowhere'" in unknown.json()["error"]
+    failed = call(with_destinations, f"/api/jobs/{jobs.failed}/send/pacs", "POST", token=TOKEN)
+    assert failed.status == 409 and "no results to send" in failed.json()["error"]
+    assert call(with_destinations, f"/api/jobs/{jobs.succeeded}/send/pacs", "POST").status == 401
+
+
+def test_the_system_page_shows_checks_weights_disk_and_destinations(with_destinations: HealthServer) -> None:
+    from agent.web import metrics
+
+    metrics.MODEL_INFO.clear()  # earlier tests in this process loaded other engines
+    metrics.MODEL_INFO.labels(version="v9.9.9-test").set(1)
+    metrics.note_delivery_attempt("backup", "pending", "connection refused", datetime(2026, 3, 1, tzinfo=UTC))
+    try:
+        data = call(with_destinations, "/api/system").json()
+        page = call(with_destinations, "/dashboard/system")
+    finally:
+        metrics.MODEL_INFO.remove("v9.9.9-test")
+    assert data["weights_version"] == "v9.9.9-test"
+    assert set(data["checks"]) >= {"ledger", "spool", "model", "disk"}
+    assert data["destinations"]["backup"]["last_error"] == "connection refused"
+    assert data["destinations"]["archive"]["last_attempt_at"] is None
+    assert page.status == 200
+    for text in ("v9.9.9-test", "GiB", "connection refused", "archive", "Readiness checks"):
+        assert text in page.body, text
