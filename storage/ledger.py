@@ -451,19 +451,26 @@ class Ledger:
             job.output_path = output_path
             job.failure_reason = None
             for name in destinations:
-                delivery = Delivery(
-                    job_id=job.id,
-                    destination=name,
-                    state=DeliveryState.PENDING,
-                    attempts=0,
-                    next_attempt_at=now,
-                    sent_instances=[],
-                    created_at=now,
-                )
-                session.add(delivery)
-                session.flush()
-                self._event(session, now, "delivery.pending", name, job_id=job.id, delivery_id=delivery.id)
+                self._add_delivery(session, job.id, name, now, detail=name)
         return self.get_job(job_id)
+
+    def _add_delivery(
+        self, session: Session, job_id: int, destination: str, now: datetime, detail: str
+    ) -> Delivery:
+        """A new PENDING delivery of ``job_id`` to ``destination``, due now, with its event."""
+        delivery = Delivery(
+            job_id=job_id,
+            destination=destination,
+            state=DeliveryState.PENDING,
+            attempts=0,
+            next_attempt_at=now,
+            sent_instances=[],
+            created_at=now,
+        )
+        session.add(delivery)
+        session.flush()
+        self._event(session, now, "delivery.pending", detail, job_id=job_id, delivery_id=delivery.id)
+        return delivery
 
     def fail_job(
         self, job_id: int, reason: str, *, owner: str | None = None, now: datetime | None = None
@@ -718,22 +725,7 @@ class Ledger:
                 return delivery
             if job.purged_at is not None:
                 raise IllegalTransition(f"job {job_id}: its files were removed by retention")
-            delivery = Delivery(
-                job_id=job.id,
-                destination=destination,
-                state=DeliveryState.PENDING,
-                attempts=0,
-                next_attempt_at=now,
-                sent_instances=[],
-                created_at=now,
-            )
-            session.add(delivery)
-            session.flush()
-            self._event(
-                session, now, "delivery.pending", f"sent to {destination} by an admin",
-                job_id=job.id, delivery_id=delivery.id,
-            )
-            return delivery
+            return self._add_delivery(session, job.id, destination, now, f"sent to {destination} by an admin")
 
     def _pend_again(self, session: Session, delivery: Delivery, now: datetime, detail: str) -> None:
         if delivery.job.purged_at is not None:
