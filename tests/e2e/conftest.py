@@ -54,16 +54,27 @@ class AgentProcess:
     log_path: Path
     process: subprocess.Popen[bytes] | None = None
     logs: list[str] = field(default_factory=list)
+    #: When set, the engine waits inside each job until this file exists (tests/e2e/gated_agent.py);
+    #: ``<gate>.entered`` appears when a job reaches it.
+    engine_gate: Path | None = None
 
     def start(self, timeout_s: float = 120.0) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         handle = self.log_path.open("ab")
+        args = ["--config", str(self.config), "serve", "--grace", "0"]
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        if self.engine_gate is None:
+            command = [sys.executable, "-m", "agent.cli", *args]
+        else:
+            command = [sys.executable, "-m", "tests.e2e.gated_agent", str(self.engine_gate), *args]
+            repo = str(Path(__file__).resolve().parents[2])
+            env["PYTHONPATH"] = os.pathsep.join(p for p in (repo, env.get("PYTHONPATH", "")) if p)
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "agent.cli", "--config", str(self.config), "serve", "--grace", "0"],
+            command,
             stdout=handle,
             stderr=subprocess.STDOUT,
             cwd=self.directory,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env=env,
         )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:

@@ -95,20 +95,19 @@ def test_sigterm_during_a_job_then_restart_completes_it_exactly_once(
     orthanc: OrthancServer, phantom_series: PhantomSeries, agent_factory: list[AgentProcess], tmp_path: Path
 ) -> None:
     agent = make_agent(tmp_path / "agent", orthanc.dicom_port)
+    gate = tmp_path / "engine-gate"
+    agent.engine_gate = gate  # the job waits inside the engine: SIGTERM certainly arrives mid-job
     agent_factory.append(agent)
     agent.start()
     storescu(agent.dicom_port, phantom_series.files)
     ledger = agent.ledger()
-    wait_for(
-        lambda: any(j.state == JobState.RUNNING for j in ledger.list_jobs()),
-        120,
-        poll_s=0.1,
-        what="the job to start",
-    )
-    assert agent.terminate(timeout_s=30) == 0  # within the bound, with --grace 0 the job is released
+    wait_for(lambda: gate.with_name("engine-gate.entered").exists(), 120, poll_s=0.1, what="the engine call")
     (job,) = ledger.list_jobs()
+    assert job.state == JobState.RUNNING
+    assert agent.terminate(timeout_s=30) == 0  # within the bound, with --grace 0 the job is released
     assert ledger.get_job(job.id).state == JobState.QUEUED
 
+    gate.touch()  # after the restart the engine runs at once
     agent.start()
     wait_for(lambda: ledger.get_job(job.id).state == JobState.SUCCEEDED, 300, what="the job after restart")
     wait_for(

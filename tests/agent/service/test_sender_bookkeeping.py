@@ -8,6 +8,7 @@ the instances recorded as stored, the reason).
 
 from __future__ import annotations
 
+import logging
 import shutil
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -66,13 +67,14 @@ def dest() -> Iterator[Destination_SCP]:
 def _job_with_outputs(ledger: Ledger, spool: Spool, files: list[Path]) -> int:
     """A SUCCEEDED job whose manifest lists copies of ``files``, with one PENDING delivery to "pacs"."""
 
-    def write(out: Path) -> None:
-        copies = [out / f"{n:02d}.dcm" for n in range(len(files))]
-        for source, target in zip(files, copies, strict=True):
-            shutil.copyfile(source, target)
-        write_manifest(out, copies)
+    return succeeded_job(ledger, spool, lambda out: _copy_with_manifest(files, out), T0)
 
-    return succeeded_job(ledger, spool, write, T0)
+
+def _copy_with_manifest(files: list[Path], out: Path) -> None:
+    copies = [out / f"{n:02d}.dcm" for n in range(len(files))]
+    for source, target in zip(files, copies, strict=True):
+        shutil.copyfile(source, target)
+    write_manifest(out, copies)
 
 
 def _settings(spool: Spool, port: int, max_attempts: int = 5) -> Settings:
@@ -210,3 +212,79 @@ def test_an_unreachable_destination_keeps_the_delivery_pending(
     row = _attempt(ledger, _settings(spool, free_port()), spool, T0)  # held port: nothing listens there
     assert row.state == DeliveryState.PENDING and row.attempts == 1 and row.sent_instances == []
     assert "no association" in str(row.last_error)
+
+
+# --- one delivery's trouble never stops the others ---------------------------------------------------------
+
+
+def test_a_delivery_taken_by_another_agent_is_skipped_and_the_next_one_is_sent(
+    dest: Destination_SCP, ct_series: CTSeries, ledger: Ledger, ledger_url: str, tmp_path: Path
+) -> None:
+    """Between this agent's read of the due list and its claim, a second agent claims the first delivery."""
+    spool = Spool(tmp_path / "spool")
+    job_id = succeeded_job(
+        ledger, spool, lambda out: _copy_with_manifest(ct_series.files[:1], out), T0, destinations=["a", "b"]
+    )
+    other = Ledger(ledger_url)
+
+    class RacedLedger(Ledger):
+        def due_deliveries(self, now: datetime | None = None, limit: int = 50) -> list[Delivery]:
+            rows = super().due_deliveries(now, limit)
+            assert other.claim_delivery(rows[0], 300, now)  # the other agent wins the first one
+            return rows
+
+    raced = RacedLedger(ledger_url)
+    settings = _settings(spool, dest.port)
+    settings.destinations = [
+        Destination(name=name, ae_title="DEST", host="127.0.0.1", port=dest.port) for name in ("a", "b")
+    ]
+    try:
+        done = run_due_deliveries(raced, settings, spool, now=T0)
+    finally:
+        raced.close()
+        other.close()
+    first, second = sorted(ledger.list_deliveries(job_id), key=lambda d: d.id)
+    assert [d.id for d in done] == [second.id] and second.state == DeliveryState.DELIVERED
+    assert first.state == DeliveryState.PENDING and first.attempts == 0  # left to the agent that took it
+    assert dest.stored == [str(ct_series.datasets[0].SOPInstanceUID)]
+
+
+def test_a_crashing_attempt_is_logged_with_its_delivery_and_the_loop_goes_on(
+    dest: Destination_SCP,
+    ct_series: CTSeries,
+    ledger: Ledger,
+    ledger_url: str,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    spool = Spool(tmp_path / "spool")
+    job_id = succeeded_job(
+        ledger, spool, lambda out: _copy_with_manifest(ct_series.files[:1], out), T0, destinations=["a", "b"]
+    )
+    first_id = min(d.id for d in ledger.list_deliveries(job_id))
+
+    class FaultyLedger(Ledger):  # the first attempt hits an unexpected error (e.g. a database hiccup)
+        calls = 0
+
+        def get_job(self, job_id: int) -> Any:
+            FaultyLedger.calls += 1
+            if FaultyLedger.calls == 1:
+                raise RuntimeError("injected fault")
+            return super().get_job(job_id)
+
+    faulty = FaultyLedger(ledger_url)
+    settings = _settings(spool, dest.port)
+    settings.destinations = [
+        Destination(name=name, ae_title="DEST", host="127.0.0.1", port=dest.port) for name in ("a", "b")
+    ]
+    try:
+        with caplog.at_level(logging.INFO, logger="agent.service.sender"):
+            done = run_due_deliveries(faulty, settings, spool, now=T0)
+    finally:
+        faulty.close()
+    assert [d.state for d in done] == [DeliveryState.DELIVERED] and done[0].id != first_id
+    (crash,) = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert crash.getMessage() == f"delivery {first_id}: attempt crashed" and crash.exc_info is not None
+    assert (crash.delivery_id, crash.destination) == (first_id, "a")  # type: ignore[attr-defined]
+    (delivered,) = [r for r in caplog.records if "delivered" in r.getMessage()]
+    assert (delivered.delivery_id, delivered.destination) == (done[0].id, "b")  # type: ignore[attr-defined]
