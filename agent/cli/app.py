@@ -137,6 +137,7 @@ def config_check(
         f"{_count(len(cfg.destinations), 'destination')})",
         markup=False,
         highlight=False,
+        soft_wrap=True,
     )
 
 
@@ -414,7 +415,7 @@ def echo(
     called = called_ae or "ANY-SCP"
     ae = calling_ae or cfg.dicom.ae_title
     status = echo_peer(host, port, called_ae=called, calling_ae=ae, timeout=timeout)
-    console.print(f"C-ECHO {called}@{host}:{port} as {ae}: Success (0x{status:04X})", highlight=False)
+    console.print(f"C-ECHO {called}@{host}:{port} as {ae}: Success (0x{status:04X})", soft_wrap=True)
 
 
 @destinations_app.command("list")
@@ -448,9 +449,10 @@ def destinations_echo(
             status = echo_peer(d.host, d.port, called_ae=d.ae_title, calling_ae=calling, timeout=timeout)
         except UserError as exc:
             failed += 1
-            console.print(f"{d.name}: FAILED: {exc}", markup=False, highlight=False)
+            console.print(f"{d.name}: FAILED: {exc}", markup=False, highlight=False, soft_wrap=True)
         else:
-            console.print(f"{d.name}: Success (0x{status:04X}) {d.ae_title}@{d.host}:{d.port}")
+            peer = f"{d.ae_title}@{d.host}:{d.port}"
+            console.print(f"{d.name}: Success (0x{status:04X}) {peer}", soft_wrap=True)
     if failed:
         raise typer.Exit(1)
 

@@ -138,11 +138,13 @@ class AgentService:
         sweeper = RetentionSweeper(self.settings, self.ledger, self.spool, on_sweep=metrics.count_retention)
         self.scheduler.add_interval("retention", sweeper.sweep, self.settings.retention.interval_s)
         self.scheduler.start()
+        count = len(self.settings.destinations)
         log.info(
-            "spine-agent listening as %s on port %d, %d destination(s), engine %s",
+            "spine-agent listening as %s on port %d, %d %s, engine %s",
             self.settings.dicom.ae_title,
             self.scp.port,
-            len(self.settings.destinations),
+            count,
+            "destination" if count == 1 else "destinations",
             version,
         )
         notify("READY=1", f"STATUS=listening on DICOM port {self.scp.port}, engine {version}")
