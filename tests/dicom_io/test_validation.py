@@ -1,14 +1,13 @@
 """Every SEG and SR the writers produce passes the reference validators with zero errors.
 
 Marked ``integration``: needs dicom3tools (dciodvfy), java + PixelMed (pixelmed-apps) and DCMTK
-(dsrdump). Locally a missing tool skips; with CI set it fails (``tests.conftest.require_tool``).
+(dsrdump). Locally a missing tool skips; with CI set it fails (``tests.support.require_tool``).
 The only warning allowed is dciodvfy's "Unrecognized defined term = <99SPINEAGENT>" when L6/T13 are
 present: the private coding scheme is deliberate (docs/viewers.md).
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -28,8 +27,8 @@ from dicom_io.validate import (
     validate_seg,
     validate_sr,
 )
-from tests.conftest import require_tool
 from tests.dicom_io.ct_series import CTSeries, binary_result, labelled_result, write_ct_series
+from tests.support import require, require_tool
 
 pytestmark = pytest.mark.integration
 
@@ -43,9 +42,7 @@ def sr_tools() -> None:
     try:
         find_pixelmed_jar()
     except FileNotFoundError as exc:
-        if os.environ.get("CI"):
-            pytest.fail(f"{exc}; .ci/run must install pixelmed-apps or set {PIXELMED_JAR_ENV}")
-        pytest.skip(str(exc))
+        require(False, f"{exc}; install pixelmed-apps or set {PIXELMED_JAR_ENV}")
 
 
 def _assert_clean(reports: list[ValidationReport], *, private_codes: bool) -> None:

@@ -7,7 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+from matplotlib.image import imread
 
 from agent.cli.demo import run_demo
 
@@ -20,7 +22,10 @@ def test_demo_loop_and_its_error_agrees_with_evaluate(tmp_path: Path) -> None:
     assert report.job_state == "SUCCEEDED"
     assert steps[0].startswith("generating") and any("engine" in s for s in steps)
     assert len(report.received_files) == 2  # SEG + SR came back to the local PACS
-    assert report.png is not None and report.png.stat().st_size > 10_000
+    assert report.png is not None
+    overlay = imread(str(report.png))[..., :3]  # decoded: the CT and the yellow landmark labels are drawn
+    assert overlay.std() > 0.05
+    assert np.all(np.abs(overlay - np.array([1.0, 0.835, 0.31])) < 0.08, axis=-1).sum() > 50
     assert len(report.landmarks) >= 5
     # Measured with weights v0.1.0-phantom: 9/11 identified, 6.8 mm. Loose bounds: it must work, not be lucky.
     assert report.identification_rate >= 0.5

@@ -25,9 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-from tests.conftest import free_port, require_tool
+from tests.support import free_port, require, require_module, require_tool
 
 __all__ = [
     "CHROMIUM_FLAGS",
@@ -88,9 +86,8 @@ def require_ohif_dist() -> Path:
             f"@ohif/app {OHIF_VERSION} is not in {os.environ.get(OHIF_DIST_ENV) or _DEFAULT_DIST}; "
             f"fetch it as .ci/run does (npm pack @ohif/app@{OHIF_VERSION})"
         )
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+        require(False, message)
+        raise AssertionError(message)  # not reached: require() skipped or failed
     return dist
 
 
@@ -230,7 +227,7 @@ def chromium(profile_dir: Path, *, width: int = 1600, height: int = 1000) -> Any
     """A Selenium-driven headless Chromium with a fresh profile; the caller quits it."""
     binary = require_tool("chromium")
     driver_binary = require_tool("chromedriver")
-    webdriver = pytest.importorskip("selenium.webdriver")
+    webdriver = require_module("selenium.webdriver")
     from selenium.webdriver.chrome.service import Service
 
     options = webdriver.ChromeOptions()

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import signal
 import socket
@@ -37,7 +36,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import free_port
+from tests.support import free_port, require
 
 __all__ = [
     "OrthancServer",
@@ -241,19 +240,13 @@ def start_orthanc(
 
 def require_orthanc() -> None:
     """Skip the calling test where Orthanc is absent; fail instead when ``CI`` is set."""
-    if find_orthanc() is None:
-        if os.environ.get("CI"):
-            pytest.fail("Orthanc is not installed; .ci/run must install the Debian package 'orthanc'")
-        pytest.skip("Orthanc is not installed")
+    require(find_orthanc() is not None, "Orthanc is not installed (Debian package 'orthanc')")
 
 
 def require_orthanc_dicomweb() -> None:
     """Like :func:`require_orthanc`, for Orthanc with its DICOMweb plugin."""
     require_orthanc()
-    if find_dicomweb_plugin() is None:
-        if os.environ.get("CI"):
-            pytest.fail("Orthanc's DICOMweb plugin is missing; .ci/run must install 'orthanc-dicomweb'")
-        pytest.skip("Orthanc's DICOMweb plugin is not installed (orthanc-dicomweb)")
+    require(find_dicomweb_plugin() is not None, "the DICOMweb plugin is not installed (orthanc-dicomweb)")
 
 
 @pytest.fixture

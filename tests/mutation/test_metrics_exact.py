@@ -49,6 +49,7 @@ def test_dice_treats_any_non_zero_label_as_foreground() -> None:
     a = np.array([0, 3, 3, 7, 0])  # a label map, not 0/1
     b = np.array([0, 1, 0, 1, 1])
     assert dice(a, b) == pytest.approx(2 * 2 / (3 + 3))
+    assert dice(b, a) == pytest.approx(2 * 2 / (3 + 3))  # either argument may be a label map
     assert dice(np.zeros(4), np.zeros(4)) == 1.0 and dice(np.zeros(4), np.zeros(4), empty_score=0.0) == 0.0
     with pytest.raises(ValueError, match=r"shape mismatch: \(2,\) vs \(3,\)"):
         dice(np.ones(2), np.ones(3))

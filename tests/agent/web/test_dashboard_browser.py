@@ -11,14 +11,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+from matplotlib.image import imread
 
 from agent.web.http import HealthServer
 from config import Settings
 from config.settings import LedgerSettings, StorageSettings
 from storage import DeliveryState, JobState, Ledger
 from tests.agent.web.test_dashboard import TOKEN, XSS, Jobs, build_scenario, start_server
-from tests.conftest import require_tool
+from tests.support import require_module, require_tool
 
 pytestmark = pytest.mark.integration
 
@@ -40,7 +42,7 @@ CHROMIUM_FLAGS = (
 def browser(tmp_path: Path) -> Iterator[Any]:
     chromium = require_tool("chromium")
     chromedriver = require_tool("chromedriver")
-    webdriver = pytest.importorskip("selenium.webdriver")
+    webdriver = require_module("selenium.webdriver")
     from selenium.webdriver.chrome.service import Service
 
     options = webdriver.ChromeOptions()
@@ -129,4 +131,7 @@ def test_an_admin_retries_a_failed_job_and_a_delivery_in_the_browser(
         )
     )
     browser.save_screenshot(str(tmp_path / "job.png"))
-    assert all((tmp_path / name).stat().st_size > 10_000 for name in ("jobs.png", "retried.png", "job.png"))
+    for name in ("jobs.png", "retried.png", "job.png"):  # real pages, decoded: not blank, not an error stub
+        pixels = imread(str(tmp_path / name))[..., :3]
+        assert pixels.shape[0] >= 600 and pixels.shape[1] >= 800, name
+        assert pixels.std() > 0.05 and len(np.unique(pixels.reshape(-1, 3), axis=0)) > 50, name
