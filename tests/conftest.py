@@ -36,20 +36,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 # something is missing and the run must not look green. Only ``gpu``-marked tests may skip (no CUDA there).
 
 
-def _ci_forbids(
-    report: pytest.TestReport | pytest.CollectReport, node: pytest.Item | pytest.Collector
-) -> bool:
-    """A skip (not an xfail) in CI, of anything but a ``gpu``-marked test."""
-    if not (in_ci() and report.skipped) or hasattr(report, "wasxfail"):
-        return False
-    return node.get_closest_marker("gpu") is None
-
-
-def _skip_reason(report: pytest.TestReport | pytest.CollectReport) -> str:
+def _fail_skip_in_ci(
+    report: pytest.TestReport | pytest.CollectReport, node: pytest.Item | pytest.Collector, what: str
+) -> None:
+    """In CI, turn a skip (not an xfail) of anything but a ``gpu``-marked test into a failure."""
+    if not (in_ci() and report.skipped) or hasattr(report, "wasxfail") or node.get_closest_marker("gpu"):
+        return
     longrepr = report.longrepr
-    if isinstance(longrepr, tuple) and len(longrepr) == 3:
-        return str(longrepr[2])
-    return str(longrepr)
+    reason = str(longrepr[2]) if isinstance(longrepr, tuple) and len(longrepr) == 3 else str(longrepr)
+    report.outcome = "failed"
+    report.longrepr = f"{what} skipped in CI, where only gpu tests may skip: {reason}"
 
 
 @pytest.hookimpl(wrapper=True)
@@ -57,9 +53,7 @@ def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     report = yield
-    if _ci_forbids(report, item):
-        report.outcome = "failed"
-        report.longrepr = f"skipped in CI, which must run every test but the gpu ones: {_skip_reason(report)}"
+    _fail_skip_in_ci(report, item, "test")
     return report
 
 
@@ -68,9 +62,7 @@ def pytest_make_collect_report(
     collector: pytest.Collector,
 ) -> Generator[None, pytest.CollectReport, pytest.CollectReport]:
     report = yield
-    if _ci_forbids(report, collector):
-        report.outcome = "failed"
-        report.longrepr = f"module skipped in CI: {_skip_reason(report)}"
+    _fail_skip_in_ci(report, collector, "module")
     return report
 
 
