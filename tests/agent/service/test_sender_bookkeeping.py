@@ -287,4 +287,5 @@ def test_a_crashing_attempt_is_logged_with_its_delivery_and_the_loop_goes_on(
     assert crash.getMessage() == f"delivery {first_id}: attempt crashed" and crash.exc_info is not None
     assert (crash.delivery_id, crash.destination) == (first_id, "a")  # type: ignore[attr-defined]
     (delivered,) = [r for r in caplog.records if "delivered" in r.getMessage()]
+    assert delivered.getMessage() == f"delivery {done[0].id}: delivered to b"
     assert (delivered.delivery_id, delivered.destination) == (done[0].id, "b")  # type: ignore[attr-defined]
