@@ -1,0 +1,488 @@
+"""Shared pieces of the reliability suite (issue 15): the agent as a process, DCMTK peers, series, checks.
+
+The agent runs as a real process: ``python -m tests.reliability.suite_support serve CONFIG`` runs the
+``spine-agent serve`` command itself (typer CLI, config file, logging, signal handling, SCP, scheduler,
+worker, sender, HTTP) with one substitution: the engine is :class:`BoxPredictor`, a deterministic
+stand-in that labels a box in the middle of the volume in a configurable time. The suite is about what
+happens around the engine (receive, ledger, spool, delivery, restarts); the real engine takes minutes
+per series on this CPU and is tested in tests/inference and tests/e2e.
+
+Everything else is real: DCMTK ``storescu`` sends, DCMTK ``storescp`` is the destination (``+uf``: every
+received instance is its own file, so a result sent twice is counted twice), SIGKILL is SIGKILL.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pydicom
+
+from dicom_io.result import Landmark, Result
+from dicom_io.volume import Volume
+from storage import JobState, Ledger
+from tests.conftest import free_port, require_tool
+
+if TYPE_CHECKING:
+    from tests.agent.service.conftest import SyntheticSeries
+
+#: Where the suite's figures go when a run should feed docs/reliability.md.
+REPORT_ENV = "SPINE_SUITE_REPORT"
+#: The long variants exist only when this is "1" (they take tens of minutes; the plain ``pytest`` run,
+#: which CI makes, also runs ``slow`` tests). They are marked ``slow`` as well.
+LONG_ENV = "SPINE_SUITE_LONG"
+#: Seconds the stand-in engine takes per series (so kills land during "inference" too).
+ENGINE_DELAY_ENV = "SPINE_SUITE_ENGINE_DELAY_S"
+
+FINISHED = (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
+
+
+def variants(short: Any, long: Any) -> list[Any]:
+    """Parameters for a short (default run) and a long (``slow``, only with $SPINE_SUITE_LONG=1) variant."""
+    import pytest
+
+    out = [pytest.param(short, id="short")]
+    if os.environ.get(LONG_ENV) == "1":
+        out.append(pytest.param(long, id="long", marks=pytest.mark.slow))
+    return out
+
+
+# --- the engine stand-in and the launcher -------------------------------------------------------------
+
+
+class BoxPredictor:
+    """Labels L1 (VerSe 20) as a box in the middle third of the volume, after ``delay_s`` seconds."""
+
+    def __init__(self, delay_s: float = 0.0) -> None:
+        self.delay_s = delay_s
+        self.plan = type("Plan", (), {"version": "suite-box"})()
+
+    def predict(self, volume: Volume) -> Result:
+        time.sleep(self.delay_s)
+        mask = np.zeros(volume.shape, np.uint8)
+        k, j, i = (max(1, n // 3) for n in volume.shape)
+        mask[k : 2 * k + 1, j : 2 * j + 1, i : 2 * i + 1] = 20
+        centre = volume.index_to_lps([n / 2 for n in volume.shape[::-1]])
+        landmark = Landmark(20, (float(centre[0]), float(centre[1]), float(centre[2])), 0.9)
+        return Result(
+            mask=mask, landmarks=[landmark], timings={"stage1": self.delay_s}, model_version="suite-box"
+        )
+
+
+def _serve(config: str) -> None:  # pragma: no cover - runs in the agent subprocess
+    import agent.service.service as service_module
+    from agent.cli.app import main
+
+    delay = float(os.environ.get(ENGINE_DELAY_ENV, "0.3"))
+    service_module.load_engine = lambda settings: BoxPredictor(delay)  # type: ignore[assignment]
+    sys.argv = ["spine-agent", "--config", config, "serve", "--grace", "0"]
+    main()
+
+
+# --- the agent as a process ---------------------------------------------------------------------------
+
+
+@dataclass
+class SuiteAgent:
+    """``spine-agent serve`` (engine stand-in) with its own config, spool, ledger and log."""
+
+    directory: Path
+    dicom_port: int
+    http_port: int
+    config: Path
+    spool: Path
+    engine_delay_s: float = 0.3
+    process: subprocess.Popen[bytes] | None = None
+    starts: int = 0
+
+    @property
+    def ledger_url(self) -> str:
+        return f"sqlite:///{self.directory / 'ledger.sqlite3'}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.directory / "agent.log"
+
+    def start(self, timeout_s: float = 90.0, *, wait_ready: bool = True) -> None:
+        assert self.process is None or self.process.poll() is not None, "already running"
+        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        handle = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "tests.reliability.suite_support", "serve", str(self.config)],
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            cwd=Path(__file__).resolve().parents[2],
+            env={**os.environ, "PYTHONUNBUFFERED": "1", ENGINE_DELAY_ENV: str(self.engine_delay_s)},
+        )
+        handle.close()
+        self.starts += 1
+        if not wait_ready:
+            return
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"agent exited early (rc {self.process.returncode}):\n{self.log_tail()}")
+            with self.log_path.open("rb") as f:
+                f.seek(offset)
+                if b"spine-agent listening" in f.read():
+                    return
+            time.sleep(0.1)
+        raise AssertionError(f"agent not listening after {timeout_s} s:\n{self.log_tail()}")
+
+    def kill(self) -> None:
+        """SIGKILL (no clean-up of any kind) and reap."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(timeout=30)
+
+    def terminate(self, timeout_s: float = 30.0) -> int:
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=timeout_s)
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def ledger(self) -> Ledger:
+        return Ledger(self.ledger_url)
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def log_tail(self, n: int = 60) -> str:
+        return "\n".join(self.log_text().splitlines()[-n:])
+
+    def log_records(self) -> list[dict[str, Any]]:
+        """The JSON log lines (other lines, e.g. a traceback, are returned as {"raw": line})."""
+        records: list[dict[str, Any]] = []
+        for line in self.log_text().splitlines():
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                records.append({"raw": line})
+        return records
+
+    def http_get(self, path: str, timeout_s: float = 5.0) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=timeout_s) as r:  # noqa: S310
+                return int(r.status), r.read().decode(errors="replace")
+        except urllib.error.HTTPError as exc:
+            return int(exc.code), exc.read().decode(errors="replace")
+
+
+def make_agent(
+    directory: Path,
+    *,
+    destinations: Sequence[tuple[str, str, int]] = (),
+    dicom: dict[str, Any] | None = None,
+    storage: dict[str, Any] | None = None,
+    ledger: dict[str, Any] | None = None,
+    delivery: dict[str, Any] | None = None,
+    spool_dir: Path | None = None,
+    engine_delay_s: float = 0.3,
+    log_level: str = "INFO",
+) -> SuiteAgent:
+    """Write a config for an agent on free loopback ports; ``destinations`` are (name, AE, port)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    dicom_port, http_port = free_port(), free_port()
+    dicom_values: dict[str, Any] = {
+        "ae_title": "SPINEAGENT",
+        "bind_address": "127.0.0.1",
+        "port": dicom_port,
+        "allowed_calling_aes": ["STORESCU"],
+        "stable_age_s": 1.0,
+    }
+    dicom_values.update(dicom or {})
+    storage_values: dict[str, Any] = {
+        "spool_dir": str(spool_dir or directory / "spool"),
+        "disk_reserve_mb": 0,
+    }
+    storage_values.update(storage or {})
+    ledger_values: dict[str, Any] = {"url": f"sqlite:///{directory / 'ledger.sqlite3'}", "lease_s": 4.0}
+    ledger_values.update(ledger or {})
+    delivery_values: dict[str, Any] = {"retry_base_s": 0.5, "retry_cap_s": 2.0}
+    delivery_values.update(delivery or {})
+    lines = [_section("dicom", {k: v for k, v in dicom_values.items() if k != "tls"})]
+    if "tls" in dicom_values:
+        lines.append(_section("dicom.tls", dicom_values["tls"]))
+    for name, ae, port in destinations:
+        lines.append(
+            "[[destinations]]\n" + _pairs({"name": name, "ae_title": ae, "host": "127.0.0.1", "port": port})
+        )
+    lines += [
+        _section("storage", storage_values),
+        _section("ledger", ledger_values),
+        _section("delivery", delivery_values),
+        _section("retention", {"interval_s": 3600.0}),
+        _section("http", {"bind_address": "127.0.0.1", "port": http_port, "dashboard": False}),
+        _section("logging", {"format": "json", "level": log_level}),
+    ]
+    config = directory / "agent.toml"
+    config.write_text("\n".join(lines))
+    spool = Path(storage_values["spool_dir"])
+    return SuiteAgent(directory, dicom_port, http_port, config, spool, engine_delay_s=engine_delay_s)
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    return json.dumps(str(value))
+
+
+def _pairs(values: dict[str, Any]) -> str:
+    return "".join(f"{k} = {_toml(v)}\n" for k, v in values.items())
+
+
+def _section(name: str, values: dict[str, Any]) -> str:
+    return f"[{name}]\n" + _pairs(values)
+
+
+# --- DCMTK peers --------------------------------------------------------------------------------------
+
+
+@dataclass
+class StoreSCP:
+    """DCMTK ``storescp`` as a destination: every received instance becomes its own file (``+uf``)."""
+
+    directory: Path
+    port: int
+    ae_title: str = "DEST"
+    extra: Sequence[str] = ()
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> StoreSCP:
+        binary = require_tool("storescp")
+        self.directory.mkdir(parents=True, exist_ok=True)
+        log = (self.directory.parent / f"{self.directory.name}.log").open("ab")
+        self.process = subprocess.Popen(
+            [binary, "-aet", self.ae_title, "+uf", "-od", str(self.directory), *self.extra, str(self.port)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+        wait_for(lambda: _port_open(self.port), 20, 0.1, what="storescp to listen")
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+
+    def restart(self, extra: Sequence[str] | None = None) -> None:
+        self.stop()
+        if extra is not None:
+            self.extra = extra
+        self.start()
+
+    def held(self) -> Counter[str]:
+        """How many times the destination holds each SOP Instance UID (files it could read)."""
+        counts: Counter[str] = Counter()
+        for path in self.directory.iterdir() if self.directory.exists() else ():
+            try:
+                ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPInstanceUID"])
+                counts[str(ds.SOPInstanceUID)] += 1
+            except Exception:  # noqa: S112 - a file still being written is not held yet
+                continue
+        return counts
+
+
+def start_storescp(directory: Path, extra: Sequence[str] = ()) -> StoreSCP:
+    return StoreSCP(directory, free_port(), extra=extra).start()
+
+
+def _port_open(port: int) -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+_SENDING = re.compile(r"Sending file: (.+?)\s*$")
+_RESPONSE = re.compile(r"Received Store Response \((.*?)\)")
+
+
+@dataclass
+class StorescuRun:
+    """One DCMTK ``storescu`` process; :meth:`acknowledged` parses which files got Success."""
+
+    files: list[Path]
+    process: subprocess.Popen[str]
+    output: str = ""
+
+    def wait(self, timeout_s: float = 120.0) -> int:
+        self.output, _ = self.process.communicate(timeout=timeout_s)
+        return int(self.process.returncode)
+
+    def statuses(self) -> dict[Path, str]:
+        """File -> the status text storescu printed for it (files without a response are absent)."""
+        out: dict[Path, str] = {}
+        current: Path | None = None
+        for line in self.output.splitlines():
+            m = _SENDING.search(line)
+            if m:
+                current = Path(m.group(1))
+                continue
+            m = _RESPONSE.search(line)
+            if m and current is not None:
+                out[current] = m.group(1)
+                current = None
+        return out
+
+    def acknowledged(self) -> list[Path]:
+        return [p for p, status in self.statuses().items() if status == "Success"]
+
+
+def storescu(
+    port: int,
+    files: Iterable[Path],
+    *,
+    calling_ae: str = "STORESCU",
+    called_ae: str = "SPINEAGENT",
+    extra: Sequence[str] = (),
+) -> StorescuRun:
+    """Start ``storescu -v`` on ``files`` (returns at once; call ``wait``)."""
+    binary = require_tool("storescu")
+    file_list = list(files)
+    process = subprocess.Popen(
+        [
+            binary,
+            "-v",
+            "-aet",
+            calling_ae,
+            "-aec",
+            called_ae,
+            *extra,
+            "127.0.0.1",
+            str(port),
+            *map(str, file_list),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    return StorescuRun(file_list, process)
+
+
+# --- series -------------------------------------------------------------------------------------------
+
+
+def make_series(
+    root: Path, count: int, *, slices: int = 16, size: int = 32, seed: int = 0
+) -> list[SyntheticSeries]:
+    """``count`` small CT series (their own study each) written under ``root``."""
+    from tests.agent.service.conftest import write_series
+
+    return [
+        write_series(root / f"s{n:03d}", slices=slices, rows=size, columns=size, seed=seed + n)
+        for n in range(count)
+    ]
+
+
+def sop_of(path: Path) -> str:
+    return path.stem
+
+
+# --- checks -------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LedgerView:
+    """What the ledger holds, read once (series versions, their jobs, deliveries)."""
+
+    versions: dict[str, list[tuple[int, int, int]]] = field(
+        default_factory=dict
+    )  # uid -> (id, version, count)
+    jobs_by_series: dict[int, list[Any]] = field(default_factory=dict)
+    deliveries: list[Any] = field(default_factory=list)
+
+    @classmethod
+    def read(cls, ledger: Ledger, series_uids: Iterable[str]) -> LedgerView:
+        view = cls()
+        for uid in series_uids:
+            view.versions[uid] = [(s.id, s.version, s.instance_count) for s in ledger.series_versions(uid)]
+        for job in ledger.list_jobs(limit=100_000):
+            view.jobs_by_series.setdefault(job.series_id, []).append(job)
+        view.deliveries = ledger.list_deliveries()
+        return view
+
+    def all_versions_finished(self) -> bool:
+        return all(
+            len(self.jobs_by_series.get(sid, [])) == 1 and self.jobs_by_series[sid][0].state in FINISHED
+            for versions in self.versions.values()
+            for sid, _, _ in versions
+        )
+
+
+def wait_for(
+    predicate: Callable[[], bool], timeout_s: float, poll_s: float = 0.5, what: str = "condition"
+) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(poll_s)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+def write_report(section: str, rows: list[dict[str, Any]]) -> None:
+    """Append figures for docs/reliability.md to the file named by $SPINE_SUITE_REPORT (if set)."""
+    target = os.environ.get(REPORT_ENV)
+    if not target:
+        return
+    with open(target, "a", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps({"section": section, **row}) + "\n")
+
+
+def render_report(path: Path) -> str:
+    """The figures a run wrote to $SPINE_SUITE_REPORT as Markdown tables, one per section."""
+    rows: dict[str, list[dict[str, Any]]] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        record = json.loads(line)
+        rows.setdefault(record.pop("section"), []).append(record)
+    out = []
+    for section, records in rows.items():
+        keys = list(dict.fromkeys(k for r in records for k in r))
+        out.append(f"### {section}\n")
+        out.append("| " + " | ".join(keys) + " |")
+        out.append("|" + "---|" * len(keys))
+        for r in records:
+            cells = [_cell(r.get(k, "")) for k in keys]
+            out.append("| " + " | ".join(cells) + " |")
+        out.append("")
+    return "\n".join(out)
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, dict):
+        return "<br>".join(f"{k}: {v}" for k, v in sorted(value.items()))
+    return str(value).replace("|", "/")
+
+
+if __name__ == "__main__":  # pragma: no cover - the agent subprocess, and the report
+    if len(sys.argv) == 3 and sys.argv[1] == "serve":
+        _serve(sys.argv[2])
+    elif len(sys.argv) == 3 and sys.argv[1] == "report":
+        print(render_report(Path(sys.argv[2])))
+    else:
+        sys.exit("usage: python -m tests.reliability.suite_support serve CONFIG | report FILE")
