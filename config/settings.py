@@ -77,9 +77,12 @@ class DicomSettings(_Section):
     require_called_ae: bool = True
     #: Associations served at once; one more is rejected (transient, local limit exceeded) and logged.
     max_associations: int = Field(default=10, ge=1)
-    #: Seconds a connection may stay silent: to send its association request, or, once associated,
-    #: between two messages; then it is closed (idle connections never hold a slot for long).
+    #: Seconds a new connection may stay silent before sending its association request; then it is
+    #: closed (idle connections never hold a slot for long).
     idle_timeout_s: float = Field(default=10.0, gt=0)
+    #: Seconds an established association may stay silent between two messages before it is aborted
+    #: (a busy sender can pause between instances; Orthanc's DicomScpTimeout defaults to 30 s).
+    network_timeout_s: float = Field(default=60.0, gt=0)
     #: Seconds a series must be quiet (no new instance) before it is queued (like Orthanc's StableAge).
     stable_age_s: float = Field(default=30.0, gt=0)
     #: A series with more instances than this is refused as a FAILED job.

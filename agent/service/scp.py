@@ -16,8 +16,9 @@ How many: ``dicom.max_associations`` counts associations *admitted* by this SCP 
 the check runs in the same hook, so a burst of peers gets exactly the free slots and every other one a
 transient A-ASSOCIATE-RJ (local limit exceeded) and one WARNING line. Connections that have not yet sent
 their request, or that are being rejected, do not hold a slot (pynetdicom's own count includes them, so
-its limit is set well above ours and only guards against floods). A connection silent for
-``dicom.idle_timeout_s`` (before its request, or between messages) is closed.
+its limit is set well above ours and only guards against floods). A connection that sends no
+association request within ``dicom.idle_timeout_s`` is closed; an association silent between two
+messages for ``dicom.network_timeout_s`` is aborted.
 
 A C-STORE is answered 0x0000 only after the instance is durable on disk
 (``spool/incoming/<study>/<series>/<sop>.dcm``, see :mod:`storage.spool`) and counted in the ledger.
@@ -206,7 +207,7 @@ class StorageSCP:
         # Our own count in _on_requested enforces max_associations; pynetdicom's counts every thread.
         ae.maximum_associations = cfg.max_associations + _PYNETDICOM_HEADROOM
         ae.acse_timeout = cfg.idle_timeout_s
-        ae.network_timeout = cfg.idle_timeout_s
+        ae.network_timeout = cfg.network_timeout_s
         # Our own checks in _on_requested give the logged reason; pynetdicom's would reject silently.
         ae.require_calling_aet = []
         ae.require_called_aet = False

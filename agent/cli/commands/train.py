@@ -69,7 +69,7 @@ def train(
 def package_weights(
     stage1: Annotated[Path, typer.Option(help="Stage-1 training run folder (model.pt + plan.json).")],
     stage2: Annotated[Path, typer.Option(help="Stage-2 training run folder.")],
-    version: Annotated[str, typer.Option(help="Version name, e.g. v0.1.0-phantom.")],
+    version: Annotated[str, typer.Option(help="Version name, e.g. v0.2.0.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Weights folder to write (weights/<version>).")],
     chain_phantoms: Annotated[
         int, typer.Option(min=0, help="Learn the chain labelling's neighbour offsets from this many "

@@ -1,41 +1,74 @@
-"""The shipped weights (newest ``weights/<version>/``) end to end on a held-out phantom.
+"""The shipped weights (newest ``weights/<version>/``) end to end, on a held-out phantom and on the real
+VerSe scan in ../shared/data/real.
 
-Bounds come from measurement (v0.1.0-phantom, CPU): on this phantom (lumbar field of view, 2 mm grid,
-seed 700001) the engine predicted 6 of 7 vertebrae (T11-L5 of T10-L5), identified 5, with distances
-1.9-17.1 mm (median 6.2 mm), and its mask covered 59 % of the labelled spine. The bounds leave room
-for numerical differences between CPUs, not for a broken engine: a shifted labelling or a lost spine
-fails them.
+Bounds come from measurement (v0.2.0, CPU; see weights/v0.2.0/MODEL_CARD.md):
+* held-out thoracolumbar phantom (seed 700002, 2 mm grid): 8 of 8 vertebrae (T8-L3) identified,
+  distances 0.9-2.4 mm, mask covering 84 % of the labelled spine;
+* real sub-verse012 (T10-L3, 3 mm sagittal): every true body centroid has a predicted landmark within
+  3.0 mm, but every name is one level too low (T11-L4 where T10-L3 are), so 0 of 6 are identified.
+The bounds leave room for numerical differences between CPUs, not for a broken engine.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
-from inference.engine.engine import Engine, WeightsError, default_weights_dir
+from inference.engine.engine import Engine, default_weights_dir
 from inference.phantoms import generate_phantom
 from inference.training.metrics import match_subject
+from inference.training.verse import read_verse_subject
+from tests.support import require
+
+REAL = Path(__file__).resolve().parents[4] / "shared" / "data" / "real" / "verse"
 
 
 @pytest.fixture(scope="module")
 def shipped_engine() -> Engine:
-    try:
-        directory = default_weights_dir()
-    except WeightsError:
-        pytest.skip("no shipped weights in weights/")
-    return Engine.from_weights(directory, device="cpu")
+    return Engine.from_weights(default_weights_dir(), device="cpu")
 
 
-def test_shipped_engine_labels_a_held_out_lumbar_phantom(shipped_engine: Engine) -> None:
-    ph = generate_phantom(seed=700001, fov="lumbar", spacing=(2.0, 2.0, 2.0))
+def test_shipped_engine_labels_a_held_out_thoracolumbar_phantom(shipped_engine: Engine) -> None:
+    ph = generate_phantom(seed=700002, fov="thoracolumbar", spacing=(2.0, 2.0, 2.0))
     result = shipped_engine.predict(ph.volume)
     pred = {lm.label: np.asarray(lm.position_lps) for lm in result.landmarks}
     match = match_subject(ph.centroids, pred)
-    assert 4 <= len(result.landmarks) <= len(ph.centroids) + 1
-    assert sum(match.identified.values()) >= 3
-    assert float(np.median(list(match.distances.values()))) <= 12.0
+    assert sorted(ph.centroids) == list(range(15, 23))  # T8-L3
+    assert sum(match.identified.values()) >= 7  # measured 8
+    assert float(np.median(list(match.distances.values()))) <= 3.0  # measured 1.6
     assert all(0.0 <= lm.confidence <= 1.0 for lm in result.landmarks)
-    # The stage-1 mask covers most of the labelled spine on the input grid.
     spine = ph.labels > 0
     assert result.mask.shape == ph.volume.shape
-    assert (result.mask[spine] > 0).mean() > 0.4  # measured 0.59
+    assert (result.mask[spine] > 0).mean() > 0.6  # measured 0.84
+
+
+@pytest.fixture(scope="module")
+def real_prediction(shipped_engine: Engine):  # type: ignore[no-untyped-def]
+    ct = REAL / "rawdata/sub-verse012/sub-verse012_ct.nii.gz"
+    require(ct.is_file(), f"real VerSe data missing: {ct}")
+    vs = read_verse_subject(ct, None, REAL / "derivatives/sub-verse012/sub-verse012_seg-subreg_ctd.json")
+    return vs, shipped_engine.predict(vs.volume)
+
+
+def test_shipped_engine_finds_every_vertebra_of_the_real_scan(real_prediction) -> None:  # type: ignore[no-untyped-def]
+    vs, result = real_prediction
+    pts = np.array([lm.position_lps for lm in result.landmarks])
+    assert len(pts) >= 6
+    for label, truth in vs.centroids.items():
+        nearest = float(np.min(np.linalg.norm(pts - np.asarray(truth), axis=1)))
+        # JSON points sit ~3.8 mm from the mask-derived body centroids (README); measured <= 5 mm.
+        assert nearest <= 6.0, (label, nearest)
+    names = [lm.name for lm in result.landmarks]
+    assert names == sorted(names, key=[lm.name for lm in result.landmarks].index)  # cranial first
+    assert len(set(names)) == len(names)
+
+
+@pytest.mark.xfail(strict=True, reason="v0.2.0 names sub-verse012 one level too low (T11-L4 for T10-L3): "
+                                       "issue 12's target of >= 5 of 6 identified is not met")
+def test_shipped_engine_identifies_five_of_six_on_the_real_scan(real_prediction) -> None:  # type: ignore[no-untyped-def]
+    vs, result = real_prediction
+    pred = {lm.label: np.asarray(lm.position_lps) for lm in result.landmarks}
+    match = match_subject(vs.centroids, pred)
+    assert sum(match.identified.values()) >= 5
