@@ -25,7 +25,11 @@ def pg_url() -> str:
 def pg_ledger(pg_url: str) -> Iterator[Ledger]:
     ledger = Ledger(pg_url)
     with ledger.engine.begin() as conn:  # a fresh schema per test
-        conn.execute(text("DROP TABLE IF EXISTS event, delivery, job, series, alembic_version CASCADE"))
+        conn.execute(
+            text(
+                "DROP TABLE IF EXISTS event, delivery, job, series_instance, series, alembic_version CASCADE"
+            )
+        )
     ledger.upgrade()
     yield ledger
     ledger.close()
