@@ -22,7 +22,7 @@ declare -A paths=(
 declare -A tests=(
     [sender]="tests/agent/service/test_sender.py tests/agent/service/test_sender_bookkeeping.py"
     [ledger]="tests/storage/test_ledger.py tests/storage/test_ledger_tables.py tests/storage/test_ledger_audit.py"
-    [metrics]="tests/inference/training/test_metrics.py tests/mutation/test_metrics_exact.py"
+    [metrics]="tests/inference/training/test_metrics.py tests/inference/training/test_metrics_exact.py"
     [chain]="tests/inference/engine/test_chain.py"
 )
 modules=("$@")

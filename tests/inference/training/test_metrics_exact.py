@@ -1,8 +1,6 @@
 """Exact checks of inference/training/metrics.py that kill the mutants which
 tests/inference/training/test_metrics.py lets survive (docs/testing.md, mutation testing).
 Hand-computed expectations, no engine involved.
-
-Kept outside tests/inference (the engine engineer's folder); they belong next to test_metrics.py.
 """
 
 from __future__ import annotations
