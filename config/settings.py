@@ -7,6 +7,7 @@ Environment overrides use ``__`` between a section and a key, e.g. ``SPINE_AGENT
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import re
 import tomllib
@@ -168,6 +169,109 @@ class DeliverySettings(_Section):
     _ae = field_validator("calling_ae_title")(classmethod(lambda cls, v: _check_ae_title(v)))
 
 
+#: A routing pattern: ``re:`` then a regular expression (searched anywhere in the value), otherwise a
+#: glob (``*``, ``?``, ``[...]``) matched against the whole value; both case-insensitive.
+REGEX_PREFIX = "re:"
+
+# DICOM PS3.5 CS: upper-case letters, digits, space and underscore, at most 16 characters.
+_CODE_STRING = re.compile(r"^[A-Z0-9_ ]{1,16}$")
+
+#: The agent's own outputs (SEG, SR) and other non-image objects: never processed, whatever the config.
+NEVER_ROUTED_MODALITIES = frozenset({"SEG", "SR", "KO", "PR", "DOC", "REG", "RTSTRUCT"})
+
+
+def compile_pattern(pattern: str) -> re.Pattern[str]:
+    """The case-insensitive regular expression a routing pattern stands for; use its ``search``.
+
+    ``re:REGEX`` is searched anywhere in the value (anchor it with ``^...$``); a glob is translated and
+    anchored, so it matches the whole value (``*spine*``, ``L?SPINE``).
+
+    Raises ``ValueError`` for an empty pattern or a regular expression that does not compile.
+    """
+    if not pattern.strip():
+        raise ValueError("a non-empty glob or re:REGEX pattern")
+    if pattern.startswith(REGEX_PREFIX):
+        body = pattern[len(REGEX_PREFIX) :]
+        if not body:
+            raise ValueError("a regular expression after re:")
+        try:
+            return re.compile(body, re.IGNORECASE)
+        except re.error as exc:
+            raise ValueError(f"a valid regular expression after re: ({exc})") from None
+    return re.compile(r"\A" + fnmatch.translate(pattern), re.IGNORECASE)  # a glob matches the whole value
+
+
+def _check_patterns(value: list[str]) -> list[str]:
+    for pattern in value:
+        try:
+            compile_pattern(pattern)
+        except ValueError as exc:
+            raise ValueError(f"{exc}, got {pattern!r}") from None
+    return value
+
+
+class RoutingSettings(_Section):
+    """Which quiet series are processed; the others become SKIPPED jobs with the reason (docs/receive.md).
+
+    Instances that are not CT images (the agent's own SEG and SR, any other non-image object) are never
+    processed, whatever is configured here.
+    """
+
+    #: false = every received CT series is processed (the checks below are not applied).
+    enabled: bool = True
+    #: Modality (0008,0060) values processed; instances of other modalities are not counted.
+    modalities: list[str] = Field(default_factory=lambda: ["CT"])
+    #: An instance whose Image Type (0008,0008) (or Enhanced CT Frame Type) holds one of these values is not
+    #: counted (localizers / scouts / topograms by default).
+    exclude_image_types: list[str] = Field(default_factory=lambda: ["LOCALIZER"])
+    #: Fewest slices (frames of an Enhanced CT) left after the rules above; fewer = skipped.
+    min_slices: int = Field(default=20, ge=1)
+    #: Thickest Slice Thickness (0018,0050) processed, in mm (the median of the counted slices; a series
+    #: without the attribute passes).
+    max_slice_thickness_mm: float = Field(default=5.0, gt=0)
+    #: Body Part Examined (0018,0015) patterns: if any are given, the value must match one (absent = skipped).
+    include_body_parts: list[str] = Field(default_factory=list)
+    #: Body Part Examined patterns that skip the series.
+    exclude_body_parts: list[str] = Field(default_factory=list)
+    #: Series Description (0008,103E) patterns: if any are given, the value must match one.
+    include_series_descriptions: list[str] = Field(default_factory=list)
+    #: Series Description patterns that skip the series (e.g. "*scout*", "re:dose|patient protocol").
+    exclude_series_descriptions: list[str] = Field(default_factory=list)
+
+    @field_validator("modalities")
+    @classmethod
+    def _modalities(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError('at least one modality, e.g. ["CT"]')
+        out = []
+        for item in value:
+            code = item.strip().upper()
+            if not _CODE_STRING.match(code):
+                raise ValueError(f'DICOM modality codes such as "CT", got {item!r}')
+            if code in NEVER_ROUTED_MODALITIES:
+                raise ValueError(f"image modalities; {code} objects (like our SEG/SR) are never processed")
+            out.append(code)
+        return out
+
+    @field_validator("exclude_image_types")
+    @classmethod
+    def _image_types(cls, value: list[str]) -> list[str]:
+        out = []
+        for item in value:
+            code = item.strip().upper()
+            if not _CODE_STRING.match(code):
+                raise ValueError(f'Image Type values such as "LOCALIZER", got {item!r}')
+            out.append(code)
+        return out
+
+    _patterns = field_validator(
+        "include_body_parts",
+        "exclude_body_parts",
+        "include_series_descriptions",
+        "exclude_series_descriptions",
+    )(classmethod(lambda cls, v: _check_patterns(v)))
+
+
 class RetentionSettings(_Section):
     """Cleanup of finished jobs' spool and outputs."""
 
@@ -214,6 +318,7 @@ class Settings(BaseSettings):
     engine: EngineSettings = Field(default_factory=EngineSettings)
     delivery: DeliverySettings = Field(default_factory=DeliverySettings)
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
+    routing: RoutingSettings = Field(default_factory=RoutingSettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
 
