@@ -9,8 +9,9 @@ SQLite or PostgreSQL) never both win the same job.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -25,13 +26,15 @@ from storage.models import Delivery, DeliveryState, Event, Job, JobState, Series
 log = logging.getLogger(__name__)
 
 #: Legal job moves. RUNNING -> QUEUED is a release (graceful stop) or an expired lease being retried;
-#: FAILED/CANCELLED -> QUEUED is an admin's retry. SUCCEEDED is final.
+#: FAILED/CANCELLED -> QUEUED is an admin's retry. SUCCEEDED is final; SKIPPED (routing left the series
+#: out, :meth:`Ledger.close_quiet_series`) is born final: no move leads into it or out of it.
 JOB_TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     JobState.QUEUED: frozenset({JobState.RUNNING, JobState.CANCELLED}),
     JobState.RUNNING: frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.QUEUED, JobState.CANCELLED}),
     JobState.FAILED: frozenset({JobState.QUEUED}),
     JobState.CANCELLED: frozenset({JobState.QUEUED}),
     JobState.SUCCEEDED: frozenset(),
+    JobState.SKIPPED: frozenset(),
 }
 
 #: Legal delivery moves; FAILED/CANCELLED -> PENDING is an admin's retry, DELIVERED -> PENDING an admin's
@@ -45,7 +48,22 @@ DELIVERY_TRANSITIONS: dict[DeliveryState, frozenset[DeliveryState]] = {
     DeliveryState.DELIVERED: frozenset({DeliveryState.PENDING}),
 }
 
-FINISHED_JOB_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
+FINISHED_JOB_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.SKIPPED})
+
+#: Decides about a series version about to be queued: a reason (``skipped: ...``) makes its job SKIPPED,
+#: None QUEUED. Called outside any ledger transaction (it may read the spool).
+RouteFn = Callable[[Series], str | None]
+
+
+@dataclass(frozen=True)
+class ClosedVersion:
+    """A series version the quiet timer closed, and the job it got (QUEUED, or SKIPPED with a reason)."""
+
+    job_id: int
+    series_id: int
+    series_instance_uid: str
+    state: JobState
+    reason: str | None
 
 
 def utcnow() -> datetime:
@@ -275,33 +293,77 @@ class Ledger:
     ) -> list[int]:
         """Close every open series version quiet for ``quiet_s`` seconds and queue one job for each.
 
+        Returns the new job ids; see :meth:`close_quiet_series` (this is it without routing).
+        """
+        closed = self.close_quiet_series(quiet_s, now, up_since=up_since)
+        return [c.job_id for c in closed if c.state == JobState.QUEUED]
+
+    def close_quiet_series(
+        self,
+        quiet_s: float,
+        now: datetime | None = None,
+        *,
+        up_since: datetime | None = None,
+        route: RouteFn | None = None,
+    ) -> list[ClosedVersion]:
+        """Close every open series version quiet for ``quiet_s`` seconds; each gets exactly one job.
+
         Quiet time counts only while the caller is up: with ``up_since`` (when the agent started) a
         version is quiet once ``now - max(last_received_at, up_since) >= quiet_s``, so nothing is queued in
-        the first ``quiet_s`` after a start. Returns the new job ids. The close is a compare-and-set, so
-        concurrent schedulers queue once.
+        the first ``quiet_s`` after a start.
+
+        ``route`` (the routing rules) is asked about each quiet version first, outside any transaction;
+        its reason makes the job SKIPPED (final, ``failure_reason`` = the reason, event ``job.skipped``),
+        None makes it QUEUED. The close and the job, whichever state, are one transaction, so a crash
+        leaves a version either open (decided again later) or closed with its job. The close is a
+        compare-and-set that also checks nothing was recorded in the version since ``route`` looked at it
+        (then it is decided again at a later tick), so concurrent schedulers close a version once.
         """
         now = now or utcnow()
         cutoff = now - timedelta(seconds=quiet_s)
-        created: list[int] = []
         if up_since is not None and up_since > cutoff:
-            return created
+            return []
         with self.transaction() as session:
-            candidates = session.scalars(
-                select(Series.id).where(Series.closed_at.is_(None), Series.last_received_at <= cutoff)
-            ).all()
-            for series_id in candidates:
+            candidates = list(
+                session.scalars(
+                    select(Series)
+                    .where(Series.closed_at.is_(None), Series.last_received_at <= cutoff)
+                    .order_by(Series.id)
+                ).all()
+            )
+        decisions = [(series, route(series) if route is not None else None) for series in candidates]
+        created: list[ClosedVersion] = []
+        with self.transaction() as session:
+            for series, reason in decisions:
                 closed = session.execute(
                     update(Series)
-                    .where(Series.id == series_id, Series.closed_at.is_(None))
+                    .where(
+                        Series.id == series.id,
+                        Series.closed_at.is_(None),
+                        Series.last_received_at <= cutoff,
+                        Series.instance_count == series.instance_count,
+                        Series.byte_count == series.byte_count,
+                    )
                     .values(closed_at=now)
                 )
                 if closed.rowcount != 1:  # type: ignore[attr-defined]
                     continue
-                job = Job(series_id=series_id, state=JobState.QUEUED, attempts=0, created_at=now, timings={})
+                state = JobState.QUEUED if reason is None else JobState.SKIPPED
+                job = Job(
+                    series_id=series.id,
+                    state=state,
+                    attempts=0,
+                    created_at=now,
+                    timings={},
+                    failure_reason=reason,
+                    finished_at=None if reason is None else now,
+                )
                 session.add(job)
                 session.flush()
-                self._event(session, now, "job.queued", None, job_id=job.id, series_id=series_id)
-                created.append(job.id)
+                self._event(
+                    session, now, f"job.{state.value.lower()}", reason, job_id=job.id, series_id=series.id
+                )
+                created.append(ClosedVersion(job.id, series.id, series.series_instance_uid, state, reason))
         return created
 
     # --- jobs -----------------------------------------------------------------------------------------

@@ -37,6 +37,9 @@ class JobState(enum.StrEnum):
     SUCCEEDED = "SUCCEEDED"
     FAILED = "FAILED"
     CANCELLED = "CANCELLED"
+    #: Left out by the routing rules (``[routing]``) when the series version closed; the reason is in
+    #: ``failure_reason``. Final: never run, delivered or retried, and not an error.
+    SKIPPED = "SKIPPED"
 
 
 class DeliveryState(enum.StrEnum):
@@ -129,7 +132,7 @@ class Job(Base):
     lease_owner: Mapped[str | None] = mapped_column(String(128), default=None)
     #: When the lease lapses; an expired RUNNING job is claimable again.
     lease_expires_at: Mapped[datetime | None] = mapped_column(default=None)
-    #: Human-readable reason of the last failure.
+    #: Human-readable reason of the last failure, or why routing skipped the series (``skipped: ...``).
     failure_reason: Mapped[str | None] = mapped_column(Text, default=None)
     #: Engine weights version that produced the results.
     model_version: Mapped[str | None] = mapped_column(String(64), default=None)
@@ -141,7 +144,7 @@ class Job(Base):
     created_at: Mapped[datetime]
     #: When the current/last attempt started.
     started_at: Mapped[datetime | None] = mapped_column(default=None)
-    #: When the job reached SUCCEEDED, FAILED or CANCELLED.
+    #: When the job reached SUCCEEDED, FAILED, CANCELLED or SKIPPED.
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
     #: When the job's files were removed by retention.
     purged_at: Mapped[datetime | None] = mapped_column(default=None)

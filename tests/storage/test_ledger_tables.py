@@ -21,7 +21,8 @@ from storage import (
 
 # fmt: off
 #: (from, to) for every legal job move. RUNNING->QUEUED: release, requeue, expired lease, deferral;
-#: FAILED/CANCELLED->QUEUED: an admin's retry. SUCCEEDED is final.
+#: FAILED/CANCELLED->QUEUED: an admin's retry. SUCCEEDED is final. SKIPPED (routing left the series out)
+#: is created final when the version closes: no move leads into it or out of it.
 LEGAL_JOB_MOVES = {
     ("QUEUED", "RUNNING"), ("QUEUED", "CANCELLED"),
     ("RUNNING", "SUCCEEDED"), ("RUNNING", "FAILED"), ("RUNNING", "QUEUED"), ("RUNNING", "CANCELLED"),
@@ -37,7 +38,7 @@ LEGAL_DELIVERY_MOVES = {
 }
 # fmt: on
 
-JOB_STATES = ["QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED"]
+JOB_STATES = ["QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED", "SKIPPED"]
 DELIVERY_STATES = ["PENDING", "DELIVERED", "FAILED", "CANCELLED"]
 
 
