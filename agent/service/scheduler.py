@@ -10,6 +10,10 @@ Quiet time counts only while the agent is up: a version is quiet once ``stable_a
 both its last instance and the start of this scheduler, so a restart restarts every open version's clock
 (the series may have been cut off by the crash; the PACS gets ``stable_age_s`` to send the rest).
 
+Routing (:mod:`agent.service.routing`, ``[routing]``) decides at that moment whether the version is
+processed: a version the rules leave out gets a SKIPPED job with the reason instead of a QUEUED one, in
+the same ledger transaction that closes it (one INFO line per skipped version, series named by digest).
+
 Instances arriving after a version was closed open the next version (the ledger does this in
 ``record_instance``), unless they are identical re-sends of instances already recorded; its job reads
 the instances of its version and of the earlier ones, i.e. the series as received up to then. A new
@@ -29,8 +33,12 @@ from datetime import UTC, datetime
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
+from agent.service.routing import SeriesRouter
 from config import Settings
+from dicom_io.uids import uid_digest
 from storage.ledger import Ledger, utcnow
+from storage.models import JobState, Series
+from storage.spool import Spool
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +59,8 @@ class AgentScheduler:
     """The agent's one background scheduler, with the series quiet timer built in.
 
     ``on_queued`` (optional) is called with the ids of newly queued jobs, e.g. to wake the worker.
-    ``clock`` gives "now" for the ledger (tests pass their own).
+    ``clock`` gives "now" for the ledger (tests pass their own). ``spool`` is where the routing rules read
+    the series' headers (default: a :class:`Spool` on ``storage.spool_dir``).
     """
 
     def __init__(
@@ -61,12 +70,14 @@ class AgentScheduler:
         *,
         on_queued: Callable[[list[int]], None] | None = None,
         clock: Callable[[], datetime] = utcnow,
+        spool: Spool | None = None,
     ) -> None:
         self.settings = settings
         self.ledger = ledger
         self.on_queued = on_queued
         self.clock = clock
         self.stable_age_s = settings.dicom.stable_age_s
+        self.router = SeriesRouter(settings.routing, ledger, spool or Spool(settings.storage.spool_dir))
         #: When :meth:`start` ran (the quiet clock of every open version restarts there).
         self.up_since: datetime | None = None
         self._scheduler = BackgroundScheduler(
@@ -113,9 +124,34 @@ class AgentScheduler:
     def job_names(self) -> list[str]:
         return sorted(job.id for job in self._scheduler.get_jobs())
 
+    def route(self, series: Series) -> str | None:
+        """The routing decision for one version; a failure of the rules themselves processes the series
+        (the loader then judges it) rather than losing it."""
+        try:
+            return self.router(series)
+        except Exception:
+            log.exception(
+                "routing failed for series %s version %d; it is processed",
+                uid_digest(series.series_instance_uid),
+                series.version,
+            )
+            return None
+
     def tick_quiet_series(self) -> list[int]:
-        """Queue one job per open series version quiet for ``dicom.stable_age_s``; return their ids."""
-        job_ids = self.ledger.queue_quiet_series(self.stable_age_s, now=self.clock(), up_since=self.up_since)
+        """Close every open series version quiet for ``dicom.stable_age_s``: one QUEUED job each, or a
+        SKIPPED one where the routing rules leave it out. Returns the ids of the QUEUED jobs."""
+        closed = self.ledger.close_quiet_series(
+            self.stable_age_s, now=self.clock(), up_since=self.up_since, route=self.route
+        )
+        for version in closed:
+            if version.state == JobState.SKIPPED:
+                log.info(
+                    "job %d: %s (routing)",
+                    version.job_id,
+                    version.reason,
+                    extra={"job_id": version.job_id, "series": uid_digest(version.series_instance_uid)},
+                )
+        job_ids = [v.job_id for v in closed if v.state == JobState.QUEUED]
         if job_ids:
             log.info("series quiet for %.0f s: queued job(s) %s", self.stable_age_s, job_ids)
             if self.on_queued is not None:

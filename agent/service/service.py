@@ -133,7 +133,7 @@ class AgentService:
             poll_s=self._worker_poll_s,
         )
         self.worker.start()
-        self.scheduler = AgentScheduler(self.settings, self.ledger)
+        self.scheduler = AgentScheduler(self.settings, self.ledger, spool=self.spool)
         self.scheduler.add_interval("deliveries", self._deliver, DELIVERY_TICK_S)
         sweeper = RetentionSweeper(self.settings, self.ledger, self.spool, on_sweep=metrics.count_retention)
         self.scheduler.add_interval("retention", sweeper.sweep, self.settings.retention.interval_s)

@@ -511,7 +511,7 @@ class Dashboard:
             ("lease", f"{job.lease_owner} until {_when(job.lease_expires_at)}" if job.lease_owner else ""),
             ("outputs", job.output_path or ""),
             ("files purged", _when(job.purged_at)),
-            ("failure reason", job.failure_reason or ""),
+            ("skip reason" if job.state == JobState.SKIPPED else "failure reason", job.failure_reason or ""),
         ]
         return self._html(
             HTTPStatus.OK,

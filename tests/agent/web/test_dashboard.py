@@ -249,7 +249,14 @@ def test_the_static_files(server: HealthServer) -> None:
 
 def test_api_jobs(server: HealthServer, jobs: Jobs) -> None:
     data = call(server, "/api/jobs").json()
-    assert data["counts"] == {"QUEUED": 1, "RUNNING": 0, "SUCCEEDED": 1, "FAILED": 1, "CANCELLED": 0}
+    assert data["counts"] == {
+        "QUEUED": 1,
+        "RUNNING": 0,
+        "SUCCEEDED": 1,
+        "FAILED": 1,
+        "CANCELLED": 0,
+        "SKIPPED": 0,
+    }
     assert [j["id"] for j in data["jobs"]] == [jobs.queued, jobs.failed, jobs.succeeded]
     failed = data["jobs"][1]
     assert failed["failure_reason"] == XSS

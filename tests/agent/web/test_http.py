@@ -172,6 +172,11 @@ def test_metrics_mirror_the_ledger_at_scrape_time(
         receive(ledger, spool, "1.2.3", f"1.{index}", ["1"], at)
         job_id = queue(ledger, at + timedelta(minutes=1))
         finish(ledger, spool, job_id, state, at + timedelta(minutes=2), deliveries=deliveries)
+    # A series the routing rules left out: a SKIPPED job, counted under its own state.
+    at = NOW + timedelta(hours=2)
+    receive(ledger, spool, "1.2.3", "1.9", ["1"], at)
+    (skipped,) = ledger.close_quiet_series(30, at + timedelta(minutes=1), route=lambda s: "skipped: test")
+    assert skipped.state == JobState.SKIPPED
 
     status, content_type, body = get(server, "/metrics")
     assert status == 200 and content_type.startswith("text/plain; version=")
@@ -179,7 +184,14 @@ def test_metrics_mirror_the_ledger_at_scrape_time(
 
     jobs = {s.labels["state"]: s.value for s in families["spine_agent_jobs"].samples}
     assert jobs == {state.value: float(n) for state, n in ledger.job_counts().items()}
-    assert jobs == {"QUEUED": 2.0, "RUNNING": 1.0, "SUCCEEDED": 2.0, "FAILED": 1.0, "CANCELLED": 0.0}
+    assert jobs == {
+        "QUEUED": 2.0,
+        "RUNNING": 1.0,
+        "SUCCEEDED": 2.0,
+        "FAILED": 1.0,
+        "CANCELLED": 0.0,
+        "SKIPPED": 1.0,
+    }
     assert families["spine_agent_queue_depth"].samples[0].value == 2.0
     delivery_gauges = {s.labels["state"]: s.value for s in families["spine_agent_deliveries"].samples}
     assert delivery_gauges == {"PENDING": 1.0, "DELIVERED": 1.0, "FAILED": 1.0, "CANCELLED": 0.0}
