@@ -17,6 +17,12 @@ from torch import nn
 
 from inference.engine.dsnt import dsnt, flat_softmax
 
+#: Level-head designs of :class:`VertebraLocaliser` (see ``NetworkConfig.class_head``).
+CLASS_HEADS = ("pooled", "grid")
+#: The "grid" head's map of the bottleneck: (along the spine, front-back, left-right) cells.
+GRID_CELLS = (8, 2, 2)
+GRID_CHANNELS = 16
+
 
 @dataclass(frozen=True)
 class NetworkConfig:
@@ -32,6 +38,11 @@ class NetworkConfig:
     #: Decoder level the output heads read (0: full resolution; 1: half resolution, cheaper, and for
     #: DSNT heatmaps a 8x smaller softmax that concentrates much faster in training).
     head_level: int = 0
+    #: Stage 2's level head: "pooled" (v0.2: mean and max of the whole bottleneck, blind to where in the
+    #: crop a feature lies) or "grid" (v0.3: the bottleneck kept as a coarse map, full resolution along
+    #: the spine and 2 x 2 across it, so the head can tell the rib pair just above the centre from the
+    #: one just below it - the T12/L1 question - as well as the pooled summary).
+    class_head: str = "pooled"
 
     def __post_init__(self) -> None:
         if self.in_channels < 1 or self.out_channels < 1:
@@ -49,6 +60,8 @@ class NetworkConfig:
             raise ValueError(f"convs_per_level entries must be >= 1, got {self.convs_per_level}")
         if not 0 <= self.head_level < self.levels:
             raise ValueError(f"head_level must be in [0, {self.levels - 1}], got {self.head_level}")
+        if self.class_head not in CLASS_HEADS:
+            raise ValueError(f"class_head must be one of {', '.join(CLASS_HEADS)}, got {self.class_head!r}")
 
     @property
     def head_channels(self) -> int:
@@ -197,8 +210,10 @@ class VertebraLocaliser(nn.Module):
     (flat softmax) whose DSNT expectation is the body centroid of the vertebra nearest the crop centre,
     in crop millimetres ``(i, j, k)``; and logits over ``out_channels`` classes: the vertebra's level
     (the engine's labels in anatomical order) plus a last class "no vertebra here" (a crop on other bone,
-    or on a vertebra cut by the edge of the scan). The level logits come from the pooled bottleneck,
-    which sees the whole crop (a few neighbours, ribs, sacrum) - the evidence the chain labelling weighs.
+    or on a vertebra cut by the edge of the scan). The level logits come from the bottleneck, which sees
+    the whole crop (a few neighbours, ribs, sacrum) - the evidence the chain labelling weighs: pooled
+    (v0.2) or, with ``class_head="grid"`` (v0.3), also as a coarse map that keeps where along the spine
+    each feature lies.
     """
 
     def __init__(self, config: NetworkConfig) -> None:
@@ -207,8 +222,15 @@ class VertebraLocaliser(nn.Module):
         self.backbone = ISEVNetBackbone(config)
         self.heatmap_head = nn.Conv3d(config.head_channels, 1, 1)
         deep = config.base * 2 ** (config.levels - 1)
+        features = 2 * deep
+        if config.class_head == "grid":
+            self.grid_pool = nn.AdaptiveAvgPool3d(GRID_CELLS)
+            self.grid_reduce = nn.Sequential(nn.Conv3d(deep, GRID_CHANNELS, 1), nn.PReLU(GRID_CHANNELS))
+            features += GRID_CHANNELS * GRID_CELLS[0] * GRID_CELLS[1] * GRID_CELLS[2]
+        hidden = 64 if config.class_head == "pooled" else 128
         self.class_head = nn.Sequential(
-            nn.Linear(2 * deep, 64), nn.PReLU(64), nn.Dropout(0.1), nn.Linear(64, config.out_channels)
+            nn.Linear(features, hidden), nn.PReLU(hidden), nn.Dropout(0.1),
+            nn.Linear(hidden, config.out_channels),
         )
 
     def heatmap_geometry(self, spacing: tuple[float, float, float]
@@ -227,8 +249,11 @@ class VertebraLocaliser(nn.Module):
         heatmap = flat_softmax(self.heatmap_head(feats))
         hm_spacing, offset = self.heatmap_geometry(spacing)
         coords = dsnt(heatmap, hm_spacing) + torch.tensor(offset, device=heatmap.device)
-        pooled = torch.cat([deep.float().mean(dim=(-1, -2, -3)), deep.float().amax(dim=(-1, -2, -3))], dim=1)
-        return heatmap, coords, self.class_head(pooled)
+        deep = deep.float()
+        summary = [deep.mean(dim=(-1, -2, -3)), deep.amax(dim=(-1, -2, -3))]
+        if self.config.class_head == "grid":
+            summary.append(self.grid_reduce(self.grid_pool(deep)).flatten(1))
+        return heatmap, coords, self.class_head(torch.cat(summary, dim=1))
 
 
 def count_parameters(model: nn.Module) -> int:

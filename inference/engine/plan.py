@@ -74,7 +74,8 @@ class Stage2Plan:
     network: NetworkConfig = field(default_factory=lambda: NetworkConfig(out_channels=len(ENGINE_LABELS) + 1,
                                                                          base=8, levels=4,
                                                                          convs_per_level=(1, 2, 2, 2),
-                                                                         head_level=1))
+                                                                         head_level=1,
+                                                                         class_head="grid"))
     spacing_mm: float = 2.0
     crop: tuple[int, int, int] = (64, 64, 64)
     labels: tuple[int, ...] = ENGINE_LABELS

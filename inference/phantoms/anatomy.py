@@ -590,9 +590,12 @@ def _posterior_generic(lv: Level, rng: np.random.Generator, sacralised: bool = F
                     pr * 0.78,
                 )
             )
-        # Lamina: a plate from the pedicle root to the midline, sloping caudally (shingled).
-        lam_h = {"C": 0.5, "T": 0.55, "L": 0.55}[kind] * d.height
-        prims.append(_segment_box(lv, j + [0, 0, -0.1 * d.height], root, lt * 0.4, lam_h / 2, roll_deg=-18))
+        # Lamina: a plate from the pedicle root to the midline, sloping caudally (shingled). Real laminae
+        # are tall, thick plates (lumbar ~20-25 mm high, 5-7 mm thick; thoracic ~0.75 of the body height)
+        # that overlap the next level like roof tiles; thin struts read as a different arch.
+        lam_h = {"C": 0.5, "T": 0.75, "L": 0.8}[kind] * d.height
+        lam_t = lt * (0.4 if kind == "C" else 0.55)
+        prims.append(_segment_box(lv, j + [0, 0, -0.1 * d.height], root, lam_t, lam_h / 2, roll_deg=-18))
         gap = d.disc
         if kind == "C":
             # Articular pillar (lateral mass), inclined ~35 degrees, meeting the next pillar at the facet.
@@ -648,13 +651,16 @@ def _posterior_generic(lv: Level, rng: np.random.Generator, sacralised: bool = F
     ang = np.radians(d.spinous_angle)
     sp_dir = np.array([0.0, np.cos(ang), -np.sin(ang)])
     tip = root + sp_dir * d.spinous_length
-    half_w = {"C": 1.6, "T": 2.1, "L": 2.8}[kind]
-    prims.append(_segment_box(lv, root, tip, half_w, d.spinous_half_height))
+    # Spinous processes are thick, tall plates: lumbar ~25-30 mm high and 6-10 mm thick, lower thoracic
+    # ~15-20 mm high (the nominal table holds the cervical and mid-thoracic heights).
+    half_w = {"C": 1.6, "T": 2.8, "L": 3.8}[kind]
+    sp_half_h = d.spinous_half_height * {"C": 1.0, "T": 1.3, "L": 1.45}[kind]
+    prims.append(_segment_box(lv, root, tip, half_w, sp_half_h))
     if kind == "C" and lv.name != "C7":
         for s in (-1.0, 1.0):  # bifid tip
             prims.append(Ellipsoid(lv.to_world(tip + [s * 3.0, 0.5, 0]), lv.rot, [2.0, 2.4, 2.6]))
     else:
-        prims.append(Ellipsoid(lv.to_world(tip), lv.rot, [half_w * 1.3, 3.5, d.spinous_half_height * 1.1]))
+        prims.append(Ellipsoid(lv.to_world(tip), lv.rot, [half_w * 1.3, 3.5, sp_half_h * 1.1]))
     return prims
 
 

@@ -98,3 +98,36 @@ def test_half_resolution_heads_place_heatmap_voxels_in_crop_mm() -> None:
     assert torch.allclose(mm, torch.tensor([4.5 * 2.0, 2.5 * 2.0, 6.5 * 2.0]))
     with pytest.raises(ValueError, match="head_level"):
         NetworkConfig(levels=3, convs_per_level=(1, 1, 1), head_level=3)
+
+
+def test_grid_level_head_keeps_a_map_along_the_spine() -> None:
+    """The v0.3 "grid" head reads the bottleneck as a map (8 cells along the spine, 2 x 2 across) beside
+    the pooled summary: its first layer takes both, and a blob moved from above to below the crop centre
+    changes the map part of its input, not only the logits."""
+    torch.manual_seed(0)
+    cfg = NetworkConfig(out_channels=5, base=4, levels=4, convs_per_level=(1, 1, 1, 1), class_head="grid")
+    net = VertebraLocaliser(cfg).eval()
+    deep = 4 * 2 ** 3
+    assert net.class_head[0].in_features == 2 * deep + 16 * 8 * 2 * 2
+    above = torch.full((1, 1, 64, 32, 32), -1.0)
+    below = above.clone()
+    above[..., 40:48, 12:20, 12:20] = 1.0  # a bone-like blob 8 voxels above the centre (k = 32)
+    below[..., 16:24, 12:20, 12:20] = 1.0  # the same blob 8 voxels below
+    with torch.no_grad():
+        maps = [net.grid_reduce(net.grid_pool(net.backbone.features(x)[1])) for x in (above, below)]
+    assert maps[0].shape == (1, 16, 8, 2, 2)
+    profile = [m.abs().sum(dim=(0, 1, 3, 4)) for m in maps]  # activity per cell along the spine
+    assert int(profile[0].argmax()) > int(profile[1].argmax())  # the blob's cell moves with it
+    pooled = VertebraLocaliser(NetworkConfig(out_channels=5, base=4, levels=4, convs_per_level=(1, 1, 1, 1)))
+    assert not hasattr(pooled, "grid_pool") and pooled.class_head[0].in_features == 2 * deep
+
+
+def test_class_head_default_and_old_plans() -> None:
+    from inference.engine.plan import Stage2Plan
+
+    assert Stage2Plan().network.class_head == "grid"  # new runs train the v0.3 head
+    old = Stage2Plan().to_json()
+    del old["network"]["class_head"]  # engine.json of v0.2.0 has no such key
+    assert Stage2Plan.from_json(old).network.class_head == "pooled"
+    with pytest.raises(ValueError, match="class_head"):
+        NetworkConfig(class_head="attention")
