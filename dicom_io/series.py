@@ -15,7 +15,11 @@ Strict about the geometry the engine relies on, tolerant about everything else (
    Rescale Slope/Intercept. Peak memory is the volume plus one decoded slice and the small headers.
 
 Every refusal is a :class:`~dicom_io.errors.SeriesRejected` whose message says what was found and what
-to do; it never contains patient data.
+to do; it never contains patient data. A malformed file (a corrupt VR, a value whose length does not fit
+its VR, text where a number belongs, a length swallowing the rest of the file) is refused the same way,
+naming the file and the attribute: header values are read through small helpers that turn every pydicom
+or conversion error into a :class:`SeriesRejected`, never quoting more than a short printable value, and
+every reason is one printable line of at most :data:`MAX_REASON_LENGTH` characters.
 """
 
 from __future__ import annotations
@@ -29,7 +33,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 from pydicom import dcmread
+from pydicom.datadict import dictionary_description, tag_for_keyword
 from pydicom.dataset import Dataset
+from pydicom.errors import BytesLengthException
+from pydicom.multival import MultiValue
 from pydicom.pixels import iter_pixels, pixel_array
 from pydicom.uid import (
     UID,
@@ -72,6 +79,10 @@ DEFAULT_SPACING_TOLERANCE = 0.05
 _ORIENTATION_TOLERANCE = 1e-3
 #: A gap this many times the median gap means slices are missing rather than non-uniform spacing.
 _MISSING_SLICE_FACTOR = 1.5
+#: Longest refusal reason (one line an admin reads in ``spine-agent jobs list``; the worker prefixes it).
+MAX_REASON_LENGTH = 200
+#: Longest header value quoted in a reason; longer or non-printable values are described, not quoted.
+_MAX_QUOTED_VALUE = 24
 
 
 @dataclass(frozen=True)
@@ -128,7 +139,7 @@ def load_series(
     folder = Path(directory)
     files = sorted(p for p in folder.glob("*.dcm") if not p.name.startswith(".") and p.is_file())
     if not files:
-        raise SeriesRejected(f"no DICOM instances (*.dcm) in the series folder {folder.name}")
+        raise _rejected(f"no DICOM instances (*.dcm) in the series folder {folder.name}")
     if len(files) > max_instances:
         raise SeriesRejected(
             f"series has {len(files)} instances, more than the configured maximum of {max_instances} "
@@ -180,40 +191,55 @@ def load_series(
 
 
 def _read_header(path: Path) -> tuple[_Instance, list[_Slice], Dataset]:
+    """Header facts of one file; anything malformed is a :class:`SeriesRejected` naming file and attribute."""
     try:
         ds = dcmread(path, stop_before_pixels=True)
     except Exception as exc:
-        raise SeriesRejected(f"instance {path.name} is not a readable DICOM file: {exc}") from None
-    sop_class = str(ds.get("SOPClassUID", ""))
-    modality = str(ds.get("Modality", ""))
+        raise _rejected(f"instance {path.name} is not a readable DICOM file: {_cause(exc)}") from None
+    try:
+        return _header_facts(ds, path)
+    except SeriesRejected:
+        raise
+    except _BadValue as bad:
+        what = "lacks usable geometry" if bad.keyword in _GEOMETRY_KEYWORDS else "has a malformed header"
+        raise _rejected(f"instance {path.name} {what}: {bad}") from None
+    except (AttributeError, IndexError, KeyError, TypeError, ValueError) as exc:
+        # Our own ValueErrors from _frames (missing functional groups) and absent sequences/attributes.
+        raise _rejected(
+            f"instance {path.name} lacks usable geometry (position, orientation, spacing): {_cause(exc)}"
+        ) from None
+    except Exception as exc:  # anything else pydicom raises on a corrupt header
+        raise _rejected(f"instance {path.name} has a malformed header: {_cause(exc)}") from None
+
+
+def _header_facts(ds: Dataset, path: Path) -> tuple[_Instance, list[_Slice], Dataset]:
+    sop_class = _text(ds, "SOPClassUID")
+    modality = _text(ds, "Modality")
     if sop_class not in CT_SOP_CLASSES:
-        name = UID(sop_class).name if sop_class else "no SOP Class UID"
-        raise SeriesRejected(f"instance {path.name} is {name}, not a CT image (modality {modality or '?'})")
+        name = _shown(UID(sop_class).name, 64) if sop_class else "no SOP Class UID"
+        raise _rejected(
+            f"instance {path.name} is {name}, not a CT image (modality {_shown(modality, 16) or '?'})"
+        )
     if modality != "CT":
-        raise SeriesRejected(f"instance {path.name} has modality {modality or 'empty'}, not CT")
-    tilt = ds.get("GantryDetectorTilt")
+        raise _rejected(f"instance {path.name} has modality {_shown(modality, 16) or 'empty'}, not CT")
+    meta = getattr(ds, "file_meta", None)
     instance = _Instance(
         path=path,
         sop_class_uid=sop_class,
-        study_instance_uid=str(ds.get("StudyInstanceUID", "")),
-        series_instance_uid=str(ds.get("SeriesInstanceUID", "")),
-        frame_of_reference_uid=str(ds.get("FrameOfReferenceUID", "")),
+        study_instance_uid=_text(ds, "StudyInstanceUID"),
+        series_instance_uid=_text(ds, "SeriesInstanceUID"),
+        frame_of_reference_uid=_text(ds, "FrameOfReferenceUID"),
         modality=modality,
-        transfer_syntax=str(getattr(ds, "file_meta", Dataset()).get("TransferSyntaxUID", "")),
-        samples_per_pixel=int(ds.get("SamplesPerPixel", 1)),
-        photometric=str(ds.get("PhotometricInterpretation", "")),
-        tilt=None if tilt in (None, "") else float(tilt),
-        patient={key: _string(ds.get(key)) for key in PATIENT_STUDY_ATTRIBUTES},
+        transfer_syntax=_text(meta, "TransferSyntaxUID") if meta is not None else "",
+        samples_per_pixel=_int(ds, "SamplesPerPixel", 1),
+        photometric=_text(ds, "PhotometricInterpretation"),
+        tilt=_float(ds, "GantryDetectorTilt", None),
+        patient={key: _text(ds, key) for key in PATIENT_STUDY_ATTRIBUTES},
     )
-    sop_uid = str(ds.get("SOPInstanceUID", ""))
-    try:
-        if sop_class in _MULTIFRAME_SOP_CLASSES:
-            return instance, list(_frames(ds, path, sop_uid)), ds
-        return instance, [_single_frame(ds, path, sop_uid)], ds
-    except (AttributeError, IndexError, KeyError, TypeError, ValueError) as exc:
-        raise SeriesRejected(
-            f"instance {path.name} lacks usable geometry (position, orientation, spacing): {exc}"
-        ) from None
+    sop_uid = _text(ds, "SOPInstanceUID")
+    if sop_class in _MULTIFRAME_SOP_CLASSES:
+        return instance, list(_frames(ds, path, sop_uid)), ds
+    return instance, [_single_frame(ds, path, sop_uid)], ds
 
 
 def _single_frame(ds: Dataset, path: Path, sop_uid: str) -> _Slice:
@@ -221,14 +247,14 @@ def _single_frame(ds: Dataset, path: Path, sop_uid: str) -> _Slice:
         path=path,
         frame=None,
         sop_instance_uid=sop_uid,
-        position=_floats(ds.ImagePositionPatient, 3),  # type: ignore[arg-type]
-        orientation=_floats(ds.ImageOrientationPatient, 6),  # type: ignore[arg-type]
-        pixel_spacing=_floats(ds.PixelSpacing, 2),  # type: ignore[arg-type]
-        rows=int(ds.Rows),
-        columns=int(ds.Columns),
-        slope=float(ds.get("RescaleSlope", 1.0) or 1.0),
-        intercept=float(ds.get("RescaleIntercept", 0.0) or 0.0),
-        localizer=_is_localizer(ds.get("ImageType")),
+        position=_floats(ds, "ImagePositionPatient", 3),
+        orientation=_floats(ds, "ImageOrientationPatient", 6),
+        pixel_spacing=_floats(ds, "PixelSpacing", 2),
+        rows=_int(ds, "Rows"),
+        columns=_int(ds, "Columns"),
+        slope=_float(ds, "RescaleSlope", 1.0) or 1.0,
+        intercept=_float(ds, "RescaleIntercept", 0.0) or 0.0,
+        localizer=_is_localizer(_value(ds, "ImageType")),
     )
 
 
@@ -236,10 +262,10 @@ def _frames(ds: Dataset, path: Path, sop_uid: str) -> Iterator[_Slice]:
     """One record per frame of an Enhanced (or Legacy Converted Enhanced) CT instance."""
     shared = ds.SharedFunctionalGroupsSequence[0] if "SharedFunctionalGroupsSequence" in ds else Dataset()
     per_frame = ds.PerFrameFunctionalGroupsSequence
-    nframes = int(ds.get("NumberOfFrames", 1))
+    nframes = _int(ds, "NumberOfFrames", 1)
     if len(per_frame) != nframes:
         raise ValueError(f"{len(per_frame)} per-frame functional groups for {nframes} frames")
-    instance_localizer = _is_localizer(ds.get("ImageType"))
+    instance_localizer = _is_localizer(_value(ds, "ImageType"))
     for index, frame_groups in enumerate(per_frame):
 
         def group(sequence: str, groups: Dataset = frame_groups) -> Dataset | None:
@@ -260,15 +286,15 @@ def _frames(ds: Dataset, path: Path, sop_uid: str) -> Iterator[_Slice]:
             path=path,
             frame=index,
             sop_instance_uid=sop_uid,
-            position=_floats(position.ImagePositionPatient, 3),  # type: ignore[arg-type]
-            orientation=_floats(orientation.ImageOrientationPatient, 6),  # type: ignore[arg-type]
-            pixel_spacing=_floats(measures.PixelSpacing, 2),  # type: ignore[arg-type]
-            rows=int(ds.Rows),
-            columns=int(ds.Columns),
-            slope=float(rescale.get("RescaleSlope", 1.0) or 1.0) if rescale is not None else 1.0,
-            intercept=float(rescale.get("RescaleIntercept", 0.0) or 0.0) if rescale is not None else 0.0,
+            position=_floats(position, "ImagePositionPatient", 3),
+            orientation=_floats(orientation, "ImageOrientationPatient", 6),
+            pixel_spacing=_floats(measures, "PixelSpacing", 2),
+            rows=_int(ds, "Rows"),
+            columns=_int(ds, "Columns"),
+            slope=(_float(rescale, "RescaleSlope", 1.0) or 1.0) if rescale is not None else 1.0,
+            intercept=(_float(rescale, "RescaleIntercept", 0.0) or 0.0) if rescale is not None else 0.0,
             localizer=instance_localizer
-            or (frame_type is not None and _is_localizer(frame_type.get("FrameType"))),
+            or (frame_type is not None and _is_localizer(_value(frame_type, "FrameType"))),
         )
 
 
@@ -287,9 +313,9 @@ def _check_instances(instances: Sequence[_Instance]) -> _Instance:
         raise SeriesRejected("the series has no Frame of Reference UID; results could not be placed on it")
     for inst in instances:
         if inst.samples_per_pixel != 1 or inst.photometric not in ("MONOCHROME2", "MONOCHROME1"):
-            raise SeriesRejected(
+            raise _rejected(
                 f"instance {inst.path.name} is not a grayscale image ({inst.samples_per_pixel} sample(s), "
-                f"{inst.photometric or 'no photometric interpretation'})"
+                f"{_shown(inst.photometric, 16) or 'no photometric interpretation'})"
             )
     return first
 
@@ -414,9 +440,9 @@ def _read_pixels(ordered: Sequence[_Slice], instances: dict[Path, _Instance]) ->
             raise
         except Exception as exc:
             syntax = instances[path].transfer_syntax
-            name = UID(syntax).name if syntax else "unknown transfer syntax"
-            raise SeriesRejected(
-                f"undecodable pixel data in instance {path.name} ({name}): {type(exc).__name__}: {exc}"
+            name = _shown(UID(syntax).name, 64) if syntax else "unknown transfer syntax"
+            raise _rejected(
+                f"undecodable pixel data in instance {path.name} ({name}): {_cause(exc)}"
             ) from None
     return volume
 
@@ -436,7 +462,7 @@ def _decoded_frames(path: Path, transfer_syntax: str, multiframe: bool) -> Itera
 
 def _rescale_into(out: npt.NDArray[np.float32], pixels: npt.NDArray[Any], item: _Slice) -> None:
     if pixels.shape != out.shape:
-        raise SeriesRejected(
+        raise _rejected(
             f"instance {item.path.name}: pixel data has shape {pixels.shape}, header says {out.shape}"
         )
     np.multiply(pixels, item.slope, out=out, casting="unsafe")
@@ -447,20 +473,129 @@ def _rescale_into(out: npt.NDArray[np.float32], pixels: npt.NDArray[Any], item: 
 # --- small helpers --------------------------------------------------------------------------------------
 
 
-def _floats(values: Sequence[Any], count: int) -> Any:
-    numbers = tuple(float(v) for v in values)
-    if len(numbers) != count or not all(np.isfinite(numbers)):
-        raise ValueError(f"expected {count} finite numbers, got {len(numbers)}")
+#: Attributes whose malformed value means "no usable geometry" (the others: "a malformed header").
+_GEOMETRY_KEYWORDS = frozenset(
+    {"ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "Rows", "Columns", "NumberOfFrames"}
+)
+
+
+class _BadValue(Exception):
+    """A header value that cannot be read or used; ``str()`` names the attribute and the problem."""
+
+    def __init__(self, keyword: str, problem: str) -> None:
+        tag = tag_for_keyword(keyword)
+        name = dictionary_description(tag) if tag is not None else keyword
+        where = f" ({tag >> 16:04X},{tag & 0xFFFF:04X})" if tag is not None else ""
+        super().__init__(f"{name}{where} {problem}")
+        self.keyword = keyword
+
+
+def _value(ds: Dataset, keyword: str, default: Any = None) -> Any:
+    """``ds.get(keyword, default)``; pydicom decodes values lazily, so a corrupt element raises here."""
+    try:
+        return ds.get(keyword, default)
+    except NotImplementedError:  # pydicom: "Unknown Value Representation ..."
+        raise _BadValue(keyword, "has an unknown value representation (a corrupt VR)") from None
+    except BytesLengthException:
+        raise _BadValue(keyword, "has a value length that does not fit its VR") from None
+    except Exception as exc:
+        raise _BadValue(keyword, f"cannot be decoded ({type(exc).__name__})") from None
+
+
+def _text(ds: Dataset, keyword: str) -> str:
+    """A header value as text ("" when absent)."""
+    value = _value(ds, keyword)
+    return "" if value is None else str(value)
+
+
+def _number(keyword: str, value: Any, convert: type[int] | type[float]) -> Any:
+    try:
+        if hasattr(value, "__len__") and not isinstance(value, str):
+            raise TypeError  # several values (or bytes) where one number belongs
+        number = convert(value)
+    except (TypeError, ValueError, OverflowError):
+        kind = "a whole number" if convert is int else "a number"
+        raise _BadValue(keyword, f"is not {kind} (got {_described(value)})") from None
+    if convert is float and not np.isfinite(number):
+        raise _BadValue(keyword, f"is not a finite number (got {_described(value)})")
+    return number
+
+
+def _int(ds: Dataset, keyword: str, default: int | None = None) -> int:
+    """An integer attribute; absent or empty gives ``default`` (None: the attribute is required)."""
+    value = _value(ds, keyword)
+    if value is None or value == "":
+        if default is None:
+            raise _BadValue(keyword, "is missing")
+        return default
+    result: int = _number(keyword, value, int)
+    return result
+
+
+def _float(ds: Dataset, keyword: str, default: float | None) -> float | None:
+    """A number attribute (DS, FD, ...); absent or empty gives ``default``."""
+    value = _value(ds, keyword)
+    if value is None or value == "":
+        return default
+    result: float = _number(keyword, value, float)
+    return result
+
+
+def _floats(ds: Dataset, keyword: str, count: int) -> Any:
+    """Exactly ``count`` finite numbers of a multi-valued attribute (a position, orientation, spacing)."""
+    value = _value(ds, keyword)
+    if value is None or value == "":
+        raise _BadValue(keyword, "is missing")
+    values = [value] if isinstance(value, (str, bytes, int, float)) else list(value)
+    try:
+        numbers = tuple(float(v) for v in values)
+    except (TypeError, ValueError, OverflowError):
+        raise _BadValue(keyword, f"is not {count} numbers (got {_described(value)})") from None
+    if len(numbers) != count:
+        raise _BadValue(keyword, f"has {len(numbers)} value(s), expected {count}")
+    if not all(np.isfinite(numbers)):
+        raise _BadValue(keyword, f"is not {count} finite numbers")
     return numbers
+
+
+def _described(value: Any) -> str:
+    """A header value for a reason: quoted when short and printable, else only its size (never a dump)."""
+    if isinstance(value, bytes):
+        return f"{len(value):,} bytes"
+    if isinstance(value, (str, int, float)):
+        text = str(value)
+        if len(text) <= _MAX_QUOTED_VALUE and text.isprintable():
+            return repr(text)
+        return f"a value of {len(text):,} characters" + ("" if text.isprintable() else ", not printable")
+    if hasattr(value, "__len__"):
+        return f"{len(value)} values"
+    return type(value).__name__
+
+
+def _shown(value: object, limit: int) -> str:
+    """``value`` as one printable line of at most ``limit`` characters."""
+    text = " ".join("".join(c if c.isprintable() else " " for c in str(value)).split())
+    return text if len(text) <= limit else text[: limit - 3].rstrip() + "..."
+
+
+def _cause(exc: BaseException) -> str:
+    """An exception for a reason: its type and the start of its message, on one printable line."""
+    return _shown(f"{type(exc).__name__}: {exc}", 100)
+
+
+def _rejected(reason: str) -> SeriesRejected:
+    """The refusal, its reason one printable line of at most :data:`MAX_REASON_LENGTH` characters."""
+    return SeriesRejected(_shown(reason, MAX_REASON_LENGTH))
 
 
 def _is_localizer(image_type: Any) -> bool:
     """ImageType/FrameType value 3 is LOCALIZER for scout images (PS3.3 C.8.2.1.1.1, C.8.15.3.1.1)."""
     if image_type is None:
         return False
-    values = image_type.split("\\") if isinstance(image_type, str) else list(image_type)
+    if isinstance(image_type, str):
+        values = image_type.split("\\")
+    elif isinstance(image_type, (list, tuple, MultiValue)):
+        values = list(image_type)
+    else:  # a corrupt element decoded as something else: not a localizer flag
+        return False
     return any(str(v).strip().upper() == "LOCALIZER" for v in values)
-
-
-def _string(value: Any) -> str:
-    return "" if value is None else str(value)

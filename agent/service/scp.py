@@ -27,6 +27,12 @@ Comment and a log line: 0xA700 (no room: below ``storage.disk_reserve_mb`` free 
 0xC210 (cannot understand: no readable header, a UID breaking the DICOM grammar, SOP Instance UID not
 matching the request), 0xC211 (anything else, e.g. the ledger unreachable).
 
+A C-STORE request without an Affected SOP Instance UID (what a sender writes for an instance whose SOP
+Instance UID is empty; pynetdicom also reads a zero-length one as absent) or Affected SOP Class UID is not
+a valid request to pynetdicom, which drops it unanswered and leaves the peer waiting for its DIMSE
+timeout. :meth:`StorageSCP._on_dimse_recv` answers such a request itself, 0xC210 with an Error Comment,
+as the message arrives; nothing is written and the association goes on.
+
 An instance re-sent with the same bytes as already recorded (SHA-256) is answered Success and changes
 nothing in the ledger (see :meth:`storage.ledger.Ledger.record_instance`): re-sending a series whose job
 is queued does not open a new version.
@@ -46,7 +52,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from io import BytesIO
-from typing import Any
+from typing import Any, cast
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
@@ -66,6 +72,8 @@ from pydicom.uid import (
 )
 from pynetdicom import AE, evt
 from pynetdicom.association import Association
+from pynetdicom.dimse_messages import C_STORE_RQ
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
@@ -328,6 +336,7 @@ class StorageSCP:
         refusal = self._access_refusal(assoc)
         if refusal is None:
             if self._admit(assoc):
+                _bind_first(assoc, evt.EVT_DIMSE_RECV, self._on_dimse_recv)
                 return
             limit = self.settings.dicom.max_associations
             refusal = _REJECT_LOCAL_LIMIT, f"dicom.max_associations ({limit}) associations already open"
@@ -376,6 +385,44 @@ class StorageSCP:
         return STATUS_SUCCESS
 
     # --- C-STORE --------------------------------------------------------------------------------------
+
+    def _on_dimse_recv(self, event: evt.Event) -> None:
+        """Answer a C-STORE request lacking its SOP Class or SOP Instance UID (pynetdicom would not).
+
+        pynetdicom triggers this for every complete message before it checks the request; one lacking a
+        required parameter is logged and dropped there without a response, so the status is sent here
+        (on the same presentation context, to the request's Message ID). Bound to each admitted
+        association ahead of pynetdicom's logging handler, which fails on such a request (and a failing
+        handler skips the handlers after it).
+        """
+        message = event.message
+        if not isinstance(message, C_STORE_RQ):
+            return
+        command = message.command_set
+        missing = {
+            keyword: what
+            for keyword, what in (
+                ("AffectedSOPInstanceUID", "SOP Instance UID"),
+                ("AffectedSOPClassUID", "SOP Class UID"),
+            )
+            if not command.get(keyword)
+        }
+        message_id = command.get("MessageID")
+        if not missing or message_id is None or message.context_id is None:
+            return
+        comment = f"{next(iter(missing.values()))} is empty"
+        self._count_refusal(event.assoc, STATUS_CANNOT_UNDERSTAND, comment)
+        response = C_STORE()
+        response.MessageIDBeingRespondedTo = int(message_id)
+        if "AffectedSOPClassUID" not in missing:
+            response.AffectedSOPClassUID = command.AffectedSOPClassUID
+        response.Status = STATUS_CANNOT_UNDERSTAND
+        response.ErrorComment = comment[:_ERROR_COMMENT_MAX]  # type: ignore[assignment]  # typed None
+        event.assoc.dimse.send_msg(response, int(message.context_id))
+        # Present but empty: pynetdicom's logging handler can print them (instead of failing with a
+        # traceback), and still reads them as absent and drops the request (one WARNING line).
+        for keyword in missing:
+            setattr(command, keyword, "")
 
     def _on_store(self, event: evt.Event) -> Dataset:
         """Write, record, return: the status goes back to the peer, never an exception."""
@@ -476,15 +523,32 @@ class StorageSCP:
         )
 
     def _refuse(self, event: evt.Event, status: int, comment: str) -> Dataset:
-        metrics.INSTANCES_REFUSED.labels(status=f"0x{status:04X}").inc()
-        with self._lock:
-            tally = self._tallies.get(id(event.assoc))
-            if tally is not None:
-                tally.refused += 1
-        log.warning("C-STORE from %s refused with 0x%04X: %s", _peer(event.assoc), status, comment)
+        self._count_refusal(event.assoc, status, comment)
         sop = str(getattr(event.request, "AffectedSOPInstanceUID", None) or "")
         log.debug("refused SOP Instance UID %r (digest %s)", sop, uid_digest(sop))
         return _status(status, comment)
+
+    def _count_refusal(self, assoc: Association, status: int, comment: str) -> None:
+        metrics.INSTANCES_REFUSED.labels(status=f"0x{status:04X}").inc()
+        with self._lock:
+            tally = self._tallies.get(id(assoc))
+            if tally is not None:
+                tally.refused += 1
+        log.warning("C-STORE from %s refused with 0x%04X: %s", _peer(assoc), status, comment)
+
+
+def _bind_first(assoc: Association, event: Any, handler: Callable[[evt.Event], None]) -> None:
+    """Bind ``handler`` to the notification ``event`` of ``assoc`` ahead of those already bound.
+
+    pynetdicom calls a notification event's handlers in order and stops at the first that raises; each
+    association binds pynetdicom's logging handlers itself, before any the server was given.
+    """
+    bound = list(cast(list[tuple[Callable[..., Any], Any]], assoc.get_handlers(event)))
+    for other, _ in bound:
+        assoc.unbind(event, other)
+    assoc.bind(event, handler)
+    for other, args in bound:
+        assoc.bind(event, other, args)
 
 
 def _status(code: int, comment: str | None = None) -> Dataset:
