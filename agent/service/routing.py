@@ -216,7 +216,7 @@ def skip_reason(headers: Sequence[InstanceHeader], rules: RoutingSettings) -> st
     if rules.include_series_descriptions and (
         description is None or _first_match(rules.include_series_descriptions, description) is None
     ):
-        what = "is absent" if description is None else "matches none of"
+        what = "(absent) matches none of" if description is None else "matches none of"
         return (
             f"skipped: SeriesDescription {what} routing.include_series_descriptions "
             f"{rules.include_series_descriptions}"

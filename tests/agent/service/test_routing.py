@@ -222,7 +222,7 @@ def test_an_include_list_skips_a_series_without_the_attribute(tmp_path: Path) ->
         "skipped: BodyPartExamined (absent) matches none of routing.include_body_parts ['*SPINE']"
     )
     assert skip_reason(headers, rules(include_series_descriptions=["*spine*"])) == (
-        "skipped: SeriesDescription is absent routing.include_series_descriptions ['*spine*']"
+        "skipped: SeriesDescription (absent) matches none of routing.include_series_descriptions ['*spine*']"
     )
     assert skip_reason(headers, rules(exclude_body_parts=["*"], exclude_series_descriptions=["*"])) is None
 
