@@ -23,7 +23,7 @@ declare -A tests=(
     [sender]="tests/agent/service/test_sender.py tests/agent/service/test_sender_bookkeeping.py"
     [ledger]="tests/storage/test_ledger.py tests/storage/test_ledger_tables.py tests/storage/test_ledger_audit.py"
     [metrics]="tests/inference/training/test_metrics.py tests/inference/training/test_metrics_exact.py"
-    [chain]="tests/inference/engine/test_chain.py"
+    [chain]="tests/inference/engine/test_chain.py tests/inference/engine/test_chain_exact.py"
 )
 modules=("$@")
 [ ${#modules[@]} -gt 0 ] || modules=(sender ledger metrics chain)
