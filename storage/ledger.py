@@ -18,6 +18,7 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, func, or_, select, update
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from storage.errors import IllegalTransition, NotFound
@@ -49,6 +50,8 @@ DELIVERY_TRANSITIONS: dict[DeliveryState, frozenset[DeliveryState]] = {
 }
 
 FINISHED_JOB_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.SKIPPED})
+#: Times :meth:`Ledger.record_instance` runs when a concurrent first instance opened the same version.
+RECORD_ATTEMPTS = 3
 
 #: Decides about a series version about to be queued: a reason (``skipped: ...``) makes its job SKIPPED,
 #: None QUEUED. Called outside any ledger transaction (it may read the spool).
@@ -171,6 +174,21 @@ class Ledger:
         attribute (not a column) says which happened.
         """
         now = now or utcnow()
+        # Two associations may deliver the first instances of one new series at the same moment: both
+        # see no open version and both insert version N; the UNIQUE (series, version) constraint refuses
+        # the second. It then simply runs again and finds the version the first one opened.
+        for attempt in range(RECORD_ATTEMPTS):
+            try:
+                return self._record_instance_once(study_uid, series_uid, nbytes, spool_path, now,
+                                                  sop_instance_uid, sha256)
+            except IntegrityError:
+                if attempt == RECORD_ATTEMPTS - 1:
+                    raise
+                log.debug("series version opened concurrently; recording the instance again")
+        raise AssertionError("unreachable")
+
+    def _record_instance_once(self, study_uid: str, series_uid: str, nbytes: int, spool_path: str,
+                              now: datetime, sop_instance_uid: str | None, sha256: str | None) -> Series:
         with self.transaction() as session:
             latest = session.scalars(
                 select(Series)
@@ -210,6 +228,7 @@ class Ledger:
                 session.flush()
                 self._event(session, now, "series.opened", f"version {version}", series_id=latest.id)
             counted = True
+            replaced_bytes = 0
             if sop_instance_uid is not None and sha256 is not None:
                 row = session.scalars(
                     select(SeriesInstance).where(
@@ -229,12 +248,15 @@ class Ledger:
                     )
                 else:  # the same SOP Instance UID again in this version, with other bytes: last one wins
                     counted = False
-                    latest.byte_count -= row.byte_count
+                    replaced_bytes = row.byte_count
                     row.byte_count, row.sha256, row.received_at = nbytes, sha256, now
-            if counted:
-                latest.instance_count += 1
-            latest.byte_count += nbytes
+            # Counted in SQL (``SET n = n + 1``), not from the values read above: instances of one version
+            # arriving over parallel associations would otherwise overwrite each other's counts.
+            latest.instance_count = Series.instance_count + (1 if counted else 0)  # type: ignore[assignment]
+            latest.byte_count = Series.byte_count + (nbytes - replaced_bytes)  # type: ignore[assignment]
             latest.last_received_at = now
+            session.flush()
+            session.refresh(latest, ["instance_count", "byte_count"])
             latest.duplicate = False
             return latest
 
