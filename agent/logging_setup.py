@@ -191,11 +191,14 @@ _QUIET_LOGGERS: dict[str, int] = {
 
 
 #: pynetdicom's ERROR lines for transport failures the agent handles itself (the sender retries and logs
-#: "will retry at ..."; the echo command and the SCP say what happened in their own line).
+#: "will retry at ..."; the echo command and the SCP say what happened in their own line). A failed TLS
+#: handshake to a destination (``[SSL: CERTIFICATE_VERIFY_FAILED] ...``, logged with its traceback) is
+#: one of them: the sender's line gives the reason in words (agent/service/dicom_client.py).
 _PYNETDICOM_HANDLED = re.compile(
     r"^(Association request failed: unable to connect to remote|TCP Initialisation Error|"
     r"Association Rejected|Result: Rejected|Reason: |Association Aborted|"
-    r"Connection closed while waiting for DIMSE message|DIMSE timeout reached|Network timeout reached)"
+    r"Connection closed while waiting for DIMSE message|DIMSE timeout reached|Network timeout reached|"
+    r"\[SSL[:\]]|.*\(_ssl\.c:\d+\)$)"
 )
 
 

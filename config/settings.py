@@ -105,8 +105,36 @@ class Destination(_Section):
     ae_title: str
     host: str = Field(min_length=1)
     port: int = Field(ge=1, le=65535)
+    #: Send over DICOM TLS (PS3.15 B.1): the destination's certificate is verified against
+    #: ``tls_ca_file`` (unset: the system's trusted CAs) and its host name (``tls_server_name``, else
+    #: ``host``). A certificate that does not verify fails the attempt (retried like any connection error).
+    tls: bool = False
+    #: CA bundle (PEM) that signed the destination's certificate.
+    tls_ca_file: Path | None = None
+    #: Our client certificate (PEM) and its private key, for destinations that require one; both or neither.
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    #: The name the destination's certificate must hold, when it differs from ``host`` (e.g. host is an IP).
+    tls_server_name: str | None = Field(default=None, min_length=1)
 
     _ae = field_validator("ae_title")(classmethod(lambda cls, v: _check_ae_title(v)))
+
+    @model_validator(mode="after")
+    def _tls_keys(self) -> Destination:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError(
+                f"destination {self.name!r}: tls_cert_file and tls_key_file go together "
+                "(the client certificate and its private key)"
+            )
+        extra = [k for k in TLS_DESTINATION_KEYS if getattr(self, k) is not None]
+        if extra and not self.tls:
+            keys = ", ".join(extra)
+            raise ValueError(f"destination {self.name!r}: {keys} set but tls = false; set tls = true")
+        return self
+
+
+#: A destination's TLS keys besides ``tls`` itself.
+TLS_DESTINATION_KEYS = ("tls_ca_file", "tls_cert_file", "tls_key_file", "tls_server_name")
 
 
 class StorageSettings(_Section):

@@ -400,7 +400,7 @@ def echo(
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the peer.")] = 10.0,
 ) -> None:
     """C-ECHO a DICOM peer, or without HOST PORT this agent itself (exit 0 when it answers Success)."""
-    from agent.cli.dicom_echo import echo_peer
+    from agent.service.dicom_client import echo_peer
 
     cfg = settings()
     if host is None:
@@ -426,7 +426,8 @@ def destinations_list() -> None:
         console.print(f"no destinations in {config_origin()}", markup=False, highlight=False)
         return
     for d in cfg.destinations:
-        console.print(f"{d.name}  {d.ae_title}@{d.host}:{d.port}", markup=False, highlight=False)
+        tls = " (TLS)" if d.tls else ""
+        console.print(f"{d.name}  {d.ae_title}@{d.host}:{d.port}{tls}", markup=False, highlight=False)
 
 
 @destinations_app.command("echo")
@@ -434,8 +435,8 @@ def destinations_echo(
     name: Annotated[str | None, typer.Argument(help="Destination name (default: every destination).")] = None,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for each peer.")] = 10.0,
 ) -> None:
-    """C-ECHO the destinations as the sender calls them (delivery.calling_ae_title); exit 1 if one fails."""
-    from agent.cli.dicom_echo import echo_peer
+    """C-ECHO the destinations as the sender calls them (calling AE, TLS); exit 1 if one fails."""
+    from agent.service.dicom_client import echo_destination
 
     cfg = settings()
     chosen = [d for d in cfg.destinations if name is None or d.name == name]
@@ -444,15 +445,9 @@ def destinations_echo(
         raise UserError(f"no destination {name!r} in {config_origin()} (configured: {known})")
     failed = 0
     for d in chosen:
-        try:
-            calling = cfg.delivery.calling_ae_title
-            status = echo_peer(d.host, d.port, called_ae=d.ae_title, calling_ae=calling, timeout=timeout)
-        except UserError as exc:
-            failed += 1
-            console.print(f"{d.name}: FAILED: {exc}", markup=False, highlight=False, soft_wrap=True)
-        else:
-            peer = f"{d.ae_title}@{d.host}:{d.port}"
-            console.print(f"{d.name}: Success (0x{status:04X}) {peer}", soft_wrap=True)
+        outcome = echo_destination(d, calling_ae=cfg.delivery.calling_ae_title, timeout=timeout)
+        failed += not outcome.ok
+        console.print(outcome.message, markup=False, highlight=False, soft_wrap=True)
     if failed:
         raise typer.Exit(1)
 

@@ -6,8 +6,10 @@ the first second with a message an admin can act on (instead of a traceback once
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
+from collections.abc import Callable
 from pathlib import Path
 
 from config import ConfigError, Settings
@@ -95,6 +97,7 @@ def _weights_problem(settings: Settings) -> str | None:
 
 def startup_problems(settings: Settings, *, weights: bool = True) -> list[str]:
     """Every problem that would stop ``serve``, one line each (empty = it would start)."""
+    from agent.service.dicom_client import check_destination_tls
     from agent.service.scp import build_tls_context
     from agent.web.dashboard import load_admin_token
 
@@ -103,7 +106,12 @@ def startup_problems(settings: Settings, *, weights: bool = True) -> list[str]:
         _ledger_problem(settings.ledger.url),
         _weights_problem(settings) if weights else None,
     ]
-    for check in (lambda: load_admin_token(settings.http), lambda: build_tls_context(settings)):
+    checks: list[Callable[[], object]] = [
+        lambda: load_admin_token(settings.http),
+        lambda: build_tls_context(settings),
+    ]
+    checks += [functools.partial(check_destination_tls, d) for d in settings.destinations]
+    for check in checks:
         try:
             check()
         except ConfigError as exc:

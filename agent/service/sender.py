@@ -5,7 +5,9 @@ per SOP Class found in the files, a presentation context with both uncompressed 
 transfer syntaxes (pynetdicom re-encodes an uncompressed dataset into whichever is accepted) and one
 context per compressed transfer syntax present (those are sent as they are). It returns each file's
 DICOM status; an association that is refused, aborted or cannot be opened raises
-:class:`AssociationFailed` with the reason in words.
+:class:`AssociationFailed` with the reason in words. A destination with ``tls = true`` is called over DICOM
+TLS (:mod:`agent.service.dicom_client`); a server certificate that does not verify is such a failure
+(retried with back-off, the reason recorded), not a crash.
 
 :func:`run_due_deliveries` is what the scheduler calls every few seconds: for every PENDING delivery
 whose time has come it sends the job's output files that the destination has not stored yet, and
@@ -35,8 +37,10 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, evt
 from pynetdicom.pdu_primitives import A_ASSOCIATE
 
+from agent.service.dicom_client import ClientTls, associate
 from agent.service.manifest import ManifestError, read_manifest
 from agent.web import metrics
+from config import ConfigError
 from config.settings import Destination, Settings
 from storage import DeliveryState, Ledger
 from storage.ledger import utcnow
@@ -178,17 +182,20 @@ def send_files(
     timeout_s: float = 30.0,
     skip_instances: Collection[str] = (),
     on_stored: Callable[[str], None] | None = None,
+    tls: ClientTls | None = None,
 ) -> SendOutcome:
     """Store ``files`` at ``called_ae@host:port`` in one association, calling as ``calling_ae``.
 
     Files whose SOP Instance UID is in ``skip_instances`` are not sent (and not reported). Unreadable
     files are reported with status None. Each C-STORE's status is returned; a failed C-STORE does not
     stop the others. ``on_stored(sop_instance_uid)`` is called as soon as the peer answers a C-STORE with
-    success or a warning, before the next file is sent.
+    success or a warning, before the next file is sent. ``tls``: call over DICOM TLS.
 
     Raises:
-        AssociationFailed: the association was rejected, aborted or could not be opened, or no
-            presentation context was accepted; nothing was sent.
+        AssociationFailed: the association was rejected, aborted or could not be opened (over TLS: the
+            server's certificate did not verify, the handshake failed), or no presentation context was
+            accepted; nothing was sent.
+        ConfigError: the TLS files cannot be loaded.
     """
     destination = f"{called_ae}@{host}:{port}"
     items, results = _scan(files)
@@ -200,6 +207,7 @@ def send_files(
     ae.acse_timeout = timeout_s
     ae.dimse_timeout = timeout_s
     ae.network_timeout = timeout_s
+    ae.connection_timeout = timeout_s
     for sop_class, syntaxes in _contexts(items):
         ae.add_requested_context(sop_class, syntaxes)
 
@@ -210,11 +218,15 @@ def send_files(
         if isinstance(primitive, A_ASSOCIATE) and primitive.result in (0x01, 0x02):
             rejection.append(f"{primitive.result_str}, source {primitive.source_str}: {primitive.reason_str}")
 
-    assoc = ae.associate(host, port, ae_title=called_ae, evt_handlers=[(evt.EVT_ACSE_RECV, _on_acse_recv)])
+    assoc, tls_failure = associate(
+        ae, host, port, called_ae=called_ae, tls=tls, evt_handlers=[(evt.EVT_ACSE_RECV, _on_acse_recv)]
+    )
     if not assoc.is_established:
         if assoc.is_rejected:
             reason = rejection[0] if rejection else "no reason given"
             raise AssociationFailed(f"{destination} rejected the association ({reason})")
+        if tls_failure is not None:
+            raise AssociationFailed(f"no association with {destination} over TLS: {tls_failure}")
         raise AssociationFailed(
             f"no association with {destination}: connection refused, unreachable, timed out or aborted"
         )
@@ -357,8 +369,10 @@ def deliver(ledger: Ledger, settings: Settings, spool: Spool, delivery: Delivery
             calling_ae=policy.calling_ae_title,
             skip_instances=set(delivery.sent_instances),
             on_stored=lambda sop: ledger.record_sent_instance(delivery.id, sop),
+            tls=ClientTls.of(destination),
         )
-    except AssociationFailed as exc:
+    except (AssociationFailed, ConfigError) as exc:
+        # A TLS file that went missing since the start is fixed like a destination that is down.
         return record(DeliveryState.PENDING, error=str(exc))
     if outcome.all_succeeded:
         return record(DeliveryState.DELIVERED, sent=outcome.stored_instances, status=0x0000)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from types import FrameType
 
 from agent.errors import UserError
+from agent.service.dicom_client import destination_echo
 from agent.service.pipeline import Predictor
 from agent.service.preflight import check_startup, redacted_url
 from agent.service.scheduler import AgentScheduler
@@ -94,6 +95,11 @@ class AgentService:
     def engine(self) -> Predictor | None:
         return self._engine
 
+    def _dashboard(self, admin_token: str | None) -> Dashboard:
+        dashboard = Dashboard(self.ledger, admin_token=admin_token)
+        dashboard.echo_destination = destination_echo(self.settings)
+        return dashboard
+
     def start(self) -> None:
         # Read the admin token first: a bad token file stops the start before anything listens.
         http = self.settings.http
@@ -108,7 +114,7 @@ class AgentService:
                 self.ledger,
                 model_loaded=lambda: self._engine is not None,
                 extra_checks={"scp": self._check_scp, "worker": self._check_worker},
-                dashboard=Dashboard(self.ledger, admin_token=admin_token) if http.dashboard else None,
+                dashboard=self._dashboard(admin_token) if http.dashboard else None,
             )
             try:
                 self.http.start()

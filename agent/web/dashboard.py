@@ -8,7 +8,11 @@ Pages (server-rendered, every ledger value HTML-escaped; a small script refreshe
 
 JSON API: ``GET /api/jobs`` (``?state=``, ``?limit=``), ``GET /api/jobs/<id>``, ``GET /api/deliveries``
 (``?job=``, ``?state=``, ``?limit=``). Actions, POST only, with ``Authorization: Bearer <admin token>``:
-``/api/jobs/<id>/retry``, ``/api/jobs/<id>/cancel``, ``/api/deliveries/<id>/retry``.
+``/api/jobs/<id>/retry``, ``/api/jobs/<id>/cancel``, ``/api/deliveries/<id>/retry``,
+``/api/deliveries/<id>/resend``, ``/api/jobs/<id>/send/<destination>``, and
+``/api/destinations/<name>/echo`` (a C-ECHO to the destination as the sender calls it, the same code as
+``spine-agent destinations echo``; the answer says ``"ok"`` true with the round trip, or false with the
+reason).
 
 Read-only unless an admin token is configured (``http.admin_token_file`` or
 ``SPINE_AGENT_HTTP__ADMIN_TOKEN``): then actions answer 403. A missing or wrong token is 401, an
@@ -108,6 +112,11 @@ _API_JOB = re.compile(r"/api/jobs/(\d{1,18})")
 _JOB_ACTION = re.compile(r"/api/jobs/(\d{1,18})/(retry|cancel)")
 _DELIVERY_ACTION = re.compile(r"/api/deliveries/(\d{1,18})/(retry|resend)")
 _JOB_SEND = re.compile(r"/api/jobs/(\d{1,18})/send/([A-Za-z0-9_.-]{1,64})")
+_DESTINATION_ECHO = re.compile(r"/api/destinations/([A-Za-z0-9_.-]{1,64})/echo")
+
+#: Runs a C-ECHO to a configured destination by name; returns the outcome as JSON (``ok``, ``message``,
+#: ``round_trip_ms``, ``error``, ...). The service sets it (agent.service.dicom_client.echo_destination).
+DestinationEcho = Callable[[str], dict[str, Any]]
 
 #: Job states an admin may retry (-> QUEUED) or cancel, as in ``spine-agent jobs retry|cancel``.
 RETRYABLE_JOBS = frozenset({JobState.FAILED, JobState.CANCELLED})
@@ -245,6 +254,8 @@ class Dashboard:
         #: What the system page shows (readiness checks, disk, weights, destinations); set by the HTTP
         #: server, which owns those checks. None: the page says it is not available.
         self.system_status: Callable[[], dict[str, Any]] | None = None
+        #: The echo button's C-ECHO (see :data:`DestinationEcho`); set by the service. None: no button.
+        self.echo_destination: DestinationEcho | None = None
 
     @property
     def actions_enabled(self) -> bool:
@@ -304,7 +315,7 @@ class Dashboard:
 
     def _post(self, request: DashboardRequest) -> DashboardResponse:
         path = request.path
-        run: Callable[[int], str]
+        run: Callable[[int], str | dict[str, Any]]
         if match := _JOB_ACTION.fullmatch(path):
             target, run = int(match[1]), self._retry_job if match[2] == "retry" else self._cancel_job
         elif match := _DELIVERY_ACTION.fullmatch(path):
@@ -315,6 +326,11 @@ class Dashboard:
             if destination not in self.destinations:
                 return _error(HTTPStatus.NOT_FOUND, f"no destination {destination!r} is configured")
             target, run = int(match[1]), lambda job_id: self._send_job(job_id, destination)
+        elif (match := _DESTINATION_ECHO.fullmatch(path)) and self.echo_destination is not None:
+            name = match[1]
+            if name not in self.destinations:
+                return _error(HTTPStatus.NOT_FOUND, f"no destination {name!r} is configured")
+            target, run = 0, lambda _: self._echo(name)
         else:
             return _error(HTTPStatus.NOT_FOUND, f"no action at {path}")
         if self._token is None:
@@ -331,13 +347,14 @@ class Dashboard:
                 **{"WWW-Authenticate": 'Bearer realm="spine-agent"'},
             )
         try:
-            message = run(target)
+            result = run(target)
         except NotFound as exc:
             return _error(HTTPStatus.NOT_FOUND, str(exc))
         except IllegalTransition as exc:
             return _error(HTTPStatus.CONFLICT, str(exc))
-        log.info("dashboard: %s by an admin from %s", message, request.client)
-        return _json(HTTPStatus.OK, {"ok": True, "message": message})
+        answer = result if isinstance(result, dict) else {"ok": True, "message": result}
+        log.info("dashboard: %s by an admin from %s", answer["message"], request.client)
+        return _json(HTTPStatus.OK, answer)
 
     def _authorized(self, header: str | None) -> bool:
         if self._token is None or header is None:
@@ -361,6 +378,13 @@ class Dashboard:
     def _send_job(self, job_id: int, destination: str) -> str:
         delivery = self.ledger.send_job_to(job_id, destination)
         return f"job {job_id}: delivery {delivery.id} to {destination} is {delivery.state.value}"
+
+    def _echo(self, destination: str) -> dict[str, Any]:
+        """C-ECHO one destination; a failed echo is an answer (``ok`` false, the reason), not an error."""
+        assert self.echo_destination is not None
+        outcome = dict(self.echo_destination(destination))
+        outcome.setdefault("message", f"{destination}: echo done")
+        return outcome
 
     def _retry_delivery(self, delivery_id: int) -> str:
         delivery = self.ledger.retry_delivery(delivery_id)
@@ -533,7 +557,8 @@ class Dashboard:
         status = self._system()
         if not status.get("available", True):
             return self._message(HTTPStatus.OK, "System", "system", "System status is not available here.")
-        return self._html(HTTPStatus.OK, "system.html", "System", "system", system=status)
+        echo = self.echo_destination is not None
+        return self._html(HTTPStatus.OK, "system.html", "System", "system", system=status, echo=echo)
 
     def _deliveries_page(self, query: dict[str, list[str]]) -> DashboardResponse:
         deliveries = self._deliveries(query)

@@ -84,9 +84,23 @@ def note_delivery_attempt(destination: str, outcome: str, error: str | None, at:
             status["last_delivered_at"] = at.isoformat()
 
 
+def note_echo(destination: str, result: str, at: datetime) -> None:
+    """Remember the last C-ECHO of a destination (``destinations echo``, the dashboard's echo button)."""
+    with _DESTINATION_LOCK:
+        status = _DESTINATION_STATUS.setdefault(destination, {"last_delivered_at": None})
+        status.update(last_echo_at=at.isoformat(), last_echo=result)
+
+
 def destination_status(names: list[str]) -> dict[str, dict[str, str | None]]:
-    """The last attempt (time, outcome, error) and last success per configured destination name."""
-    empty = {"last_attempt_at": None, "last_outcome": None, "last_error": None, "last_delivered_at": None}
+    """The last attempt (time, outcome, error), last success and last C-ECHO per configured destination."""
+    empty = {
+        "last_attempt_at": None,
+        "last_outcome": None,
+        "last_error": None,
+        "last_delivered_at": None,
+        "last_echo_at": None,
+        "last_echo": None,
+    }
     with _DESTINATION_LOCK:
         return {name: {**empty, **_DESTINATION_STATUS.get(name, {})} for name in names}
 

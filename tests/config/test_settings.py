@@ -33,6 +33,10 @@ def test_example_mentions_every_key() -> None:
         assert f"{leaf} =" in text or f"[[{leaf}]]" in text, key
 
 
+#: A destination without TLS, for the cases that add TLS keys to it.
+_DEST = {"name": "p", "ae_title": "A", "host": "h", "port": 104}
+
+
 @pytest.mark.parametrize(
     ("data", "expected"),
     [
@@ -45,6 +49,15 @@ def test_example_mentions_every_key() -> None:
             {"destinations": [{"name": "p", "ae_title": "A", "host": "h"}]},
             "destinations.0.port: required key",
         ),
+        (
+            {"destinations": [{**_DEST, "tls": True, "tls_cert_file": "/etc/agent.crt"}]},
+            "destinations.0: destination 'p': tls_cert_file and tls_key_file go together",
+        ),
+        (
+            {"destinations": [{**_DEST, "tls_ca_file": "/etc/ca.crt"}]},
+            "destinations.0: destination 'p': tls_ca_file set but tls = false; set tls = true",
+        ),
+        ({"destinations": [{**_DEST, "tls": "sometimes"}]}, "destinations.0.tls = 'sometimes': expected"),
     ],
 )
 def test_bad_value_gives_one_line_naming_key_value_and_expectation(data: dict, expected: str) -> None:
@@ -93,3 +106,22 @@ def test_config_env_variable_selects_file(tmp_path: Path, monkeypatch: pytest.Mo
     path.write_text("[http]\nport = 9100\n")
     monkeypatch.setenv("SPINE_AGENT_CONFIG", str(path))
     assert load_settings(None).http.port == 9100
+
+
+def test_destination_tls_keys() -> None:
+    dest = {
+        "name": "pacs",
+        "ae_title": "PACS",
+        "host": "10.0.0.5",
+        "port": 2762,
+        "tls": True,
+        "tls_ca_file": "/etc/spine-agent/tls/pacs-ca.crt",
+        "tls_cert_file": "/etc/spine-agent/tls/agent.crt",
+        "tls_key_file": "/etc/spine-agent/tls/agent.key",
+        "tls_server_name": "pacs.example.org",
+    }
+    (parsed,) = settings_from_mapping({"destinations": [dest]}).destinations
+    assert parsed.tls and parsed.tls_ca_file == Path("/etc/spine-agent/tls/pacs-ca.crt")
+    assert parsed.tls_server_name == "pacs.example.org"
+    (plain,) = settings_from_mapping({"destinations": [_DEST]}).destinations
+    assert not plain.tls and plain.tls_ca_file is None and plain.tls_cert_file is None

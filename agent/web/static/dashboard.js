@@ -63,7 +63,8 @@
       }
       if (response.ok) {
         sessionStorage.setItem(TOKEN_KEY, token);
-        flash(data.message || "done", "ok");
+        // An action that ran but did not succeed (a C-ECHO that failed) answers 200 with ok false.
+        flash(data.message || "done", data.ok === false ? "error" : "ok");
       } else {
         if (response.status === 401) sessionStorage.removeItem(TOKEN_KEY);
         flash(data.error || "HTTP " + response.status, "error");

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import time
 from collections.abc import Iterator
@@ -168,7 +169,8 @@ def test_destinations_echo_calls_each_destination_as_the_sender_does(
     config.write_text('[delivery]\ncalling_ae_title = "PACS"\n' + destinations)
     one = run_cli("destinations", "echo", "agent", "--timeout", "5", config=config)
     assert one.returncode == 0, one.stdout + one.stderr
-    assert one.stdout.strip() == f"agent: Success (0x0000) SPINEAGENT@127.0.0.1:{port}"
+    success = rf"agent: Success \(0x0000\) SPINEAGENT@127\.0\.0\.1:{port} in \d+ ms"
+    assert re.fullmatch(success, one.stdout.strip()), one.stdout
     both = run_cli("destinations", "echo", "--timeout", "5", config=config)
     assert both.returncode == 1
     assert "agent: Success" in both.stdout and "down: FAILED: C-ECHO NOBODY@127.0.0.1:" in both.stdout

@@ -19,6 +19,7 @@ from storage import Ledger
 from storage.spool import Spool
 from tests.conftest import free_port
 from tests.dicom_io.conftest import ct_series  # noqa: F401  (fixture, for test_sender)
+from tests.support_tls import pki  # noqa: F401  (fixture, for test_tls and test_sender_tls)
 
 #: The calling AE title the tests' SCUs use, allowed by the ``scp`` fixture.
 TEST_SCU_AE = "TESTSCU"

@@ -1,9 +1,8 @@
-"""DICOM TLS on the SCP, with certificates made by openssl for the test."""
+"""DICOM TLS on the SCP, with certificates made by openssl for the test (tests/support_tls.py)."""
 
 from __future__ import annotations
 
 import ssl
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -16,53 +15,24 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from agent.service.scp import StorageSCP, build_tls_context
 from config import ConfigError
 from tests.agent.service.conftest import TEST_SCU_AE, StartSCP, scp_settings, write_series
-from tests.conftest import require_tool
+from tests.support_tls import Pki
 
 
-def _openssl(*args: str, cwd: Path) -> None:
-    subprocess.run([require_tool("openssl"), *args], cwd=cwd, check=True, capture_output=True, timeout=60)
-
-
-def _key_and_csr(name: str, subject: str, cwd: Path) -> None:
-    _openssl("req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-             "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", subject, cwd=cwd)  # fmt: skip
-
-
-def _sign(name: str, extensions: str, cwd: Path) -> None:
-    (cwd / f"{name}.ext").write_text(extensions + "\n")
-    _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
-             "-out", f"{name}.crt", "-days", "2", "-extfile", f"{name}.ext", cwd=cwd)  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A test CA, a server certificate for 127.0.0.1/localhost and a client certificate."""
-    cwd = tmp_path_factory.mktemp("pki")
-    _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-             "-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj", "/CN=spine-agent test CA",
-             cwd=cwd)  # fmt: skip
-    _key_and_csr("server", "/CN=localhost", cwd)
-    _sign("server", "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth", cwd)
-    _key_and_csr("client", "/CN=TESTSCU", cwd)
-    _sign("client", "extendedKeyUsage=clientAuth", cwd)
-    return cwd
-
-
-def tls_settings(pki: Path, *, verify_clients: bool) -> dict[str, object]:
+def tls_settings(pki: Pki, *, verify_clients: bool) -> dict[str, object]:
     tls: dict[str, object] = {
         "enabled": True,
-        "certificate": pki / "server.crt",
-        "private_key": pki / "server.key",
+        "certificate": pki.server_cert,
+        "private_key": pki.server_key,
     }
     if verify_clients:
-        tls["client_ca"] = pki / "ca.crt"
+        tls["client_ca"] = pki.ca
     return {"tls": tls}
 
 
-def client_context(pki: Path, *, with_certificate: bool) -> ssl.SSLContext:
-    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(pki / "ca.crt"))
+def client_context(pki: Pki, *, with_certificate: bool) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(pki.ca))
     if with_certificate:
-        context.load_cert_chain(str(pki / "client.crt"), str(pki / "client.key"))
+        context.load_cert_chain(str(pki.client_cert), str(pki.client_key))
     return context
 
 
@@ -75,7 +45,7 @@ def associate(scp: StorageSCP, context: ssl.SSLContext | None) -> Association:
     return ae.associate("127.0.0.1", scp.port, ae_title="SPINEAGENT", tls_args=tls_args)
 
 
-def test_store_over_tls(start_scp: StartSCP, pki: Path, tmp_path: Path) -> None:
+def test_store_over_tls(start_scp: StartSCP, pki: Pki, tmp_path: Path) -> None:
     scp = start_scp(**tls_settings(pki, verify_clients=False))
     series = write_series(tmp_path / "src", slices=1)
     assoc = associate(scp, client_context(pki, with_certificate=False))
@@ -89,7 +59,7 @@ def test_store_over_tls(start_scp: StartSCP, pki: Path, tmp_path: Path) -> None:
     assert not plain.is_established
 
 
-def test_client_certificates_are_verified_when_a_client_ca_is_set(start_scp: StartSCP, pki: Path) -> None:
+def test_client_certificates_are_verified_when_a_client_ca_is_set(start_scp: StartSCP, pki: Pki) -> None:
     scp = start_scp(**tls_settings(pki, verify_clients=True))
     anonymous = associate(scp, client_context(pki, with_certificate=False))
     assert not anonymous.is_established
