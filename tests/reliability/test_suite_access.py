@@ -11,7 +11,6 @@ import pytest
 
 from storage import JobState
 from tests.agent.service.conftest import PATIENT
-from tests.agent.service.test_tls import pki  # noqa: F401  (fixture: test CA, server and client certificates)
 from tests.reliability.suite_support import (
     SuiteAgent,
     make_agent,
@@ -20,6 +19,7 @@ from tests.reliability.suite_support import (
     wait_for,
     write_report,
 )
+from tests.support_tls import Pki, pki  # noqa: F401  (fixture: test CA, server and client certificates)
 
 pytestmark = pytest.mark.integration
 
@@ -43,16 +43,16 @@ def _leaks(agent: SuiteAgent, secrets: list[str]) -> list[str]:
     return out
 
 
-def test_access_control_and_tls_against_serve(tmp_path: Path, pki: Path) -> None:  # noqa: F811
+def test_access_control_and_tls_against_serve(tmp_path: Path, pki: Pki) -> None:  # noqa: F811
     agent = make_agent(
         tmp_path / "tls-agent",
         dicom={
             "allowed_calling_aes": ["STORESCU"],
             "tls": {
                 "enabled": True,
-                "certificate": str(pki / "server.crt"),
-                "private_key": str(pki / "server.key"),
-                "client_ca": str(pki / "ca.crt"),
+                "certificate": str(pki.folder / "server.crt"),
+                "private_key": str(pki.folder / "server.key"),
+                "client_ca": str(pki.folder / "ca.crt"),
             },
         },
         engine_delay_s=0.0,
@@ -78,11 +78,11 @@ def test_access_control_and_tls_against_serve(tmp_path: Path, pki: Path) -> None
                 assert acked == [] and code != 0, (name, run.output[-1500:])
 
         attempt("plain connection, TLS required", agent, False)
-        attempt("TLS without a client certificate", agent, False, extra=_tls(pki, cert=False))
-        attempt("unknown calling AE (TLS ok)", agent, False, calling_ae="INTRUDER", extra=_tls(pki))
-        attempt("wrong called AE (TLS ok)", agent, False, called_ae="NOTTHEAGENT", extra=_tls(pki))
+        attempt("TLS without a client certificate", agent, False, extra=_tls(pki.folder, cert=False))
+        attempt("unknown calling AE (TLS ok)", agent, False, calling_ae="INTRUDER", extra=_tls(pki.folder))
+        attempt("wrong called AE (TLS ok)", agent, False, called_ae="NOTTHEAGENT", extra=_tls(pki.folder))
         attempt("unlisted host", hosts, False)
-        attempt("TLS with the client certificate", agent, True, extra=_tls(pki))
+        attempt("TLS with the client certificate", agent, True, extra=_tls(pki.folder))
 
         ledger = agent.ledger()
         wait_for(
@@ -99,7 +99,7 @@ def test_access_control_and_tls_against_serve(tmp_path: Path, pki: Path) -> None
             series.series_uid,
             series.frame_of_reference_uid,
             *series.sop_uids,
-            *(line for line in (pki / "server.key").read_text().splitlines() if "-----" not in line),
+            *(line for line in (pki.folder / "server.key").read_text().splitlines() if "-----" not in line),
         ]
         leaks = _leaks(agent, secrets) + _leaks(hosts, secrets)
         assert leaks == []
