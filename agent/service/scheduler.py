@@ -3,7 +3,7 @@
 DICOM has no "series complete" message, so a series is considered complete once no instance of it has
 arrived for ``dicom.stable_age_s`` seconds (Orthanc's StableAge, mercure's ``series_complete_trigger``).
 The quiet timer is one interval job that asks the ledger to close every quiet open series version and
-queue one job for each (:meth:`storage.ledger.Ledger.queue_quiet_series`, a compare-and-set, so two
+give each one job (:meth:`storage.ledger.Ledger.close_quiet_series`, a compare-and-set, so two
 schedulers on a shared PostgreSQL ledger still queue each version once).
 
 Quiet time counts only while the agent is up: a version is quiet once ``stable_age_s`` passed since
