@@ -14,7 +14,9 @@ over DICOMweb; Chromium renders it with WebGL on SwiftShader. Everything is chec
   (that colour appears in the viewport).
 
 Screenshots go to the test's folder; with ``SPINE_AGENT_OHIF_SCREENSHOTS=docs/images`` they are also
-written there (``ohif-sr-points.png``, ``ohif-seg.png``), which is how the docs' pictures are made.
+written there (``ohif-sr-points.png``, ``ohif-seg.png``), which is how the docs' pictures are made. The
+test's folder also keeps ``ohif-sr-prompt.png`` (the SR opened, before tracking) and
+``browser-console.txt`` (the page's console at the end), for a human to look at.
 """
 
 from __future__ import annotations
@@ -197,6 +199,9 @@ def _look(
 
     # SR: open it and track its measurements.
     ActionChains(browser).double_click(sr_thumbnail).perform()
+    element_with_text("Yes")
+    time.sleep(1.0)  # the SR's own viewport, before tracking: kept beside the others for a human to check
+    browser.save_screenshot(str(folder / "ohif-sr-prompt.png"))
     click("Yes")  # "Do you want to continue tracking measurements for this study?"
     open_panel("trackedMeasurements-btn", lambda d: len(titles()) >= len(expected), "the measurement list")
     assert sorted(titles()) == sorted(expected), "one entry per vertebra, named by its finding site"
@@ -243,6 +248,8 @@ def _look(
         if painted > before_seg + 500 or time.monotonic() > deadline:
             break
     assert painted > before_seg + 500, f"no SEG overlay painted ({before_seg} -> {painted} pixels)"
+    console = "\n".join(f"{e['level']} {e['message']}" for e in browser.get_log("browser"))
+    (folder / "browser-console.txt").write_text(console + "\n")
     return [points, seg]
 
 
