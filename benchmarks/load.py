@@ -1,11 +1,13 @@
 """Loading: ``dicom_io.series.load_series`` against SimpleITK's ``ImageSeriesReader`` on the same files.
 
 Each load runs in a fresh child process (``python -m benchmarks.load LOADER DIR``) that reports its own
-wall time and peak RSS (``ru_maxrss``) and its RSS after imports. Loaders alternate:
+wall time and peak RSS (``VmHWM``, see :func:`benchmarks.common.peak_rss_mib`) and its RSS after
+imports. Loaders alternate:
 
 * ``load_series``  - ours: a float32 HU volume (what the engine takes), geometry checked;
-* ``sitk``         - SimpleITK ``ImageSeriesReader`` (GDCM), the image in its stored type (int16), the
-  file order from ``GetGDCMSeriesFileNames``;
+* ``sitk``         - SimpleITK ``ImageSeriesReader`` (GDCM), the image as it returns it, the file order
+  from ``GetGDCMSeriesFileNames``: int32 for the suite's series (int16 stored values, GDCM applies the
+  Rescale Intercept of -1024 and widens them), so as large as ours;
 * ``sitk+float32`` - the same, then a float32 numpy copy: the like-for-like peer for memory.
 """
 
@@ -94,7 +96,7 @@ def bench(directory: Path, slices: int, runs: int) -> list[Figure]:
                 better="lower",
                 runs=runs,
                 goal=1.0 if peer == "sitk+float32" else None,
-                note="whole process (imports included); ours is float32, sitk int16"
+                note="whole process (imports included); ours is float32, sitk as read (int32 here)"
                 if peer == "sitk"
                 else "whole process (imports included); both float32",
                 ours_runs=values_of(ours, "peak_mib"),

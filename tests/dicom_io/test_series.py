@@ -6,10 +6,18 @@ import random
 from pathlib import Path
 
 import numpy as np
+import pydicom.filereader
 import pytest
 from pydicom import dcmread
 from pydicom.encaps import encapsulate
-from pydicom.uid import JPEG2000Lossless, RLELossless, generate_uid
+from pydicom.pixels import pixel_array
+from pydicom.uid import (
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    RLELossless,
+    generate_uid,
+)
 
 from dicom_io.errors import SeriesRejected
 from dicom_io.series import PATIENT_STUDY_ATTRIBUTES, load_series
@@ -115,6 +123,82 @@ def test_compressed_enhanced_ct_is_decoded_frame_by_frame(tmp_path: Path) -> Non
     ds.compress(RLELossless, generate_instance_uid=False)
     ds.save_as(series.files[0], enforce_file_format=True)
     np.testing.assert_array_equal(load_series(tmp_path).array, series.hu)
+
+
+# --- one parse per file (issue 14) ---------------------------------------------------------------------
+
+
+def test_each_uncompressed_file_is_parsed_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Headers and pixels come from one parse (the loader used to parse every file again for its pixels)."""
+    series = write_series(tmp_path, slices=12)
+    parses: dict[str, int] = {}
+    read_preamble = pydicom.filereader.read_preamble  # every pydicom parse of a file starts here
+
+    def counting(fp, force):  # type: ignore[no-untyped-def]
+        name = Path(getattr(fp, "name", "?")).name
+        parses[name] = parses.get(name, 0) + 1
+        return read_preamble(fp, force)
+
+    monkeypatch.setattr(pydicom.filereader, "read_preamble", counting)
+    np.testing.assert_array_equal(load_series(tmp_path).array, series.hu[::-1])
+    assert parses == {path.name: 1 for path in series.files}
+
+
+def _recode(
+    path: Path, *, syntax: str, representation: int, bits_stored: int, slope: float, seed: int
+) -> None:
+    """Rewrite one instance's Image Pixel module and pixels, with noise in the unused high bits."""
+    ds = dcmread(path)
+    rng = np.random.default_rng(seed)
+    low, high = (-(2 ** (bits_stored - 1)), 2 ** (bits_stored - 1)) if representation else (0, 2**bits_stored)
+    raw = rng.integers(low, high, size=(ds.Rows, ds.Columns)).astype(np.int64).astype(np.uint16)
+    if bits_stored < 16:  # some writers leave the unused bits dirty; the decoder must shift them out
+        noise = rng.integers(0, 2 ** (16 - bits_stored), raw.shape).astype(np.uint16)
+        noise <<= np.uint16(bits_stored)
+        raw = (raw & np.uint16(2**bits_stored - 1)) | noise
+    ds.PixelData = raw.astype("<u2").tobytes()
+    ds.PixelRepresentation, ds.BitsStored, ds.HighBit = representation, bits_stored, bits_stored - 1
+    ds.RescaleSlope = slope
+    ds.file_meta.TransferSyntaxUID = syntax
+    ds.save_as(path, enforce_file_format=True, implicit_vr=syntax == ImplicitVRLittleEndian)
+
+
+@pytest.mark.parametrize(
+    "syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian], ids=["explicit", "implicit"]
+)
+@pytest.mark.parametrize(
+    ("representation", "bits_stored", "slope"),
+    [(1, 16, 1.0), (1, 12, 1.0), (0, 12, 1.0), (0, 16, 0.5), (1, 12, 1.2)],
+)
+def test_uncompressed_pixels_read_directly_equal_pydicoms_decoding(
+    tmp_path: Path, syntax: str, representation: int, bits_stored: int, slope: float
+) -> None:
+    series = write_series(tmp_path, slices=10)
+    for k, path in enumerate(series.files):
+        _recode(
+            path, syntax=syntax, representation=representation, bits_stored=bits_stored, slope=slope, seed=k
+        )
+    stored = np.stack([pixel_array(path) for path in reversed(series.files)])  # k order: reversed
+    assert stored.dtype == (np.int16 if representation else np.uint16)
+    if bits_stored < 16:
+        assert stored.min() >= -(2 ** (bits_stored - 1)) and stored.max() < 2**bits_stored
+    # HU as the loader computes it: the product rounded once to float32, then the intercept in float32
+    expected = (stored * slope).astype(np.float32) + np.float32(-1024.0)
+    np.testing.assert_array_equal(load_series(tmp_path).array, expected)
+
+
+def test_truncated_pixel_data_is_refused_with_the_decoders_reason(tmp_path: Path) -> None:
+    series = write_series(tmp_path, slices=10)
+    victim = series.files[3]
+    victim.write_bytes(victim.read_bytes()[:-100])
+    with pytest.raises(ValueError) as decoder:
+        pixel_array(victim)
+    with pytest.raises(SeriesRejected) as refused:
+        load_series(tmp_path)
+    reason = str(refused.value)
+    syntax = "Explicit VR Little Endian"
+    assert reason.startswith(f"undecodable pixel data in instance {victim.name} ({syntax}): ")
+    assert f"ValueError: {str(decoder.value)[:40]}" in reason, reason
 
 
 # --- refusals -------------------------------------------------------------------------------------------
