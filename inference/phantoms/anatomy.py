@@ -100,6 +100,7 @@ class AnatomySpec(Protocol):
     @property
     def implant_levels(self) -> tuple[int, ...]: ...
 
+
 #: VerSe label of each level name (dicom_io.labels); every sacral segment S1-S5 carries the sacrum's label.
 LABEL_OF: dict[str, int] = {**LABEL_BY_NAME, **{f"S{i}": SACRUM_LABEL for i in range(1, 6)}}
 
@@ -1204,6 +1205,7 @@ def build_skeleton(spec: AnatomySpec, layout: SpineLayout) -> Skeleton:
     others += _skull(spec, layout, rng)
     implants, metal = _implants(spec, layout)
     others += implants
+    others += _vacuum_clefts(spec, mobile)
     # Dural sac (CSF) along the canal.
     canal_pts = []
     radii = []
@@ -1223,6 +1225,41 @@ def build_skeleton(spec: AnatomySpec, layout: SpineLayout) -> Skeleton:
             hi = np.max([p.hi for p in st.prims if np.all(np.isfinite(p.hi))], axis=0)
             dense.append(0.5 * (lo + hi))
     return Skeleton(layout, vertebrae, discs, others, canal, thorax, metal, dense)
+
+
+#: Share of fractured bodies with an intravertebral vacuum cleft (gas; Kummell's sign), common in
+#: osteoporotic collapse that has not healed.
+VACUUM_CLEFT_RATE = 0.35
+
+
+def _vacuum_clefts(spec: AnatomySpec, mobile: list[Level]) -> list[Structure]:
+    """Gas clefts inside some fractured bodies: a flat, horizontal pocket in the front half of the body.
+
+    Painted after the vertebrae (gas replaces bone); its own random stream, so the rest of the anatomy
+    does not move.
+    """
+    rng = stream(spec.seed, STREAM_ANATOMY + 500)
+    out: list[Structure] = []
+    for lv in mobile:
+        if lv.label not in spec.fractures or rng.uniform() >= VACUUM_CLEFT_RATE:
+            continue
+        d = lv.dims
+        centre = lv.to_world(
+            [
+                d.width * float(rng.uniform(-0.1, 0.1)),
+                -d.depth * float(rng.uniform(0.05, 0.25)),
+                d.height * float(rng.uniform(-0.1, 0.1)),
+            ]
+        )
+        semi = [
+            d.width * float(rng.uniform(0.15, 0.32)),
+            d.depth * float(rng.uniform(0.12, 0.28)),
+            float(rng.uniform(1.0, 2.5)),
+        ]
+        out.append(
+            Structure("vacuum_cleft", [Ellipsoid(centre, lv.rot, semi)], 0.0, float(rng.uniform(-950, -600)))
+        )
+    return out
 
 
 def _disc(spec: AnatomySpec, upper: Level, lower: Level, rng: np.random.Generator) -> Structure:

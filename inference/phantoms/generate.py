@@ -26,7 +26,7 @@ from inference.phantoms.artefacts import add_noise, add_streaks
 from inference.phantoms.shapes import Grid, Primitive, VertebralBody, bounds_of, union_sdf
 from inference.phantoms.spec import PhantomSpec
 from inference.phantoms.streams import STREAM_DETAIL, STREAM_NOISE, stream
-from inference.phantoms.tissue import build_tissues, paint_tissue
+from inference.phantoms.tissue import build_tissues, paint_tissue, vascular_calcification
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +41,8 @@ TILE = 24
 CENTROID_GRID_MM = 1.5
 #: A landmark closer than this to the edge of the field of view is not part of the ground truth.
 EDGE_MARGIN_MM = 8.0
+#: Amplitude (HU, one standard deviation) of the coarse marrow pattern of the thinnest (osteoporotic) bone.
+OSTEOPOROTIC_HU = 50.0
 #: Lowest and highest stored HU (12-bit CT range with the usual -1024 intercept, extended for metal).
 HU_MIN, HU_MAX = -1024.0, 3071.0
 
@@ -306,12 +308,14 @@ def _paint_tile(
 def paint_bones(
     spec: PhantomSpec, skeleton: Skeleton, grid: Grid, vol: F32, labels: npt.NDArray[np.uint8]
 ) -> None:
-    """Discs, then the other bones, then the vertebrae (labelled), then implants."""
+    """Discs, other bones and calcium, then the vertebrae (labelled), then implants and gas clefts."""
     slice_mm = spec.effective_slice_thickness
     blur = spec.blur_mm
     texture = trabecular_texture(spec, grid)
-    implants = [st for st in skeleton.others if st.name in ("screws", "rods")]
-    others = [st for st in skeleton.others if st.name not in ("screws", "rods")]
+    late = ("screws", "rods", "vacuum_cleft")
+    implants = [st for st in skeleton.others if st.name in late]
+    others = [st for st in skeleton.others if st.name not in late]
+    others += vascular_calcification(spec, skeleton)
     for st in skeleton.discs:
         paint_structure(vol, None, grid, st, slice_mm, blur)
     for st in others:
@@ -325,17 +329,37 @@ def paint_bones(
 def trabecular_texture(spec: PhantomSpec, grid: Grid) -> F32 | None:
     """A 32-voxel periodic tile of trabecular-like mottling (HU), fainter for coarse voxels (None: invisible).
 
-    Amplitude grows with bone density (denser trabeculae, more contrast) and falls with the voxel size
-    (coarse voxels average the ~0.5 mm trabecular pattern away).
+    Two parts: fine mottling whose amplitude grows with bone density (denser trabeculae, more contrast)
+    and falls with the voxel size (coarse voxels average the ~0.5 mm pattern away); and, in thin
+    (osteoporotic) bone, a coarse pattern elongated along the body axis: the horizontal trabeculae go
+    first, leaving vertical striae and dark gaps that stay visible in 2-3 mm voxels.
     """
     voxel = max(grid.spacing[0], grid.spacing[1])
-    amplitude = (10.0 + 0.15 * spec.cancellous_hu) * min(1.0, 0.7 / voxel) * min(1.0, 2.0 / grid.spacing[2])
-    if amplitude < 3.0:
+    c = spec.cancellous_hu
+    fine = (10.0 + 0.15 * c) * min(1.0, 0.7 / voxel) * min(1.0, 2.0 / grid.spacing[2])
+    coarse = OSTEOPOROTIC_HU * float(np.clip((200.0 - c) / 130.0, 0.0, 1.0)) * min(1.0, 3.0 / grid.spacing[2])
+    if fine < 3.0 and coarse < 3.0:
         return None
-    rng = stream(spec.seed, STREAM_NOISE + 10)
-    sigma = max(0.6, 0.4 / voxel)
-    tile = ndimage.gaussian_filter(rng.standard_normal((32, 32, 32), dtype=np.float32), sigma, mode="wrap")
-    return (tile * np.float32(amplitude / max(float(tile.std()), 1e-6))).astype(np.float32)
+    tile = np.zeros((32, 32, 32), dtype=np.float32)
+    if fine >= 3.0:
+        rng = stream(spec.seed, STREAM_NOISE + 10)
+        sigma = max(0.6, 0.4 / voxel)
+        part = ndimage.gaussian_filter(
+            rng.standard_normal((32, 32, 32), dtype=np.float32), sigma, mode="wrap"
+        )
+        tile += part * np.float32(fine / max(float(part.std()), 1e-6))
+    if coarse >= 3.0:
+        rng = stream(spec.seed, STREAM_NOISE + 11)
+        sigma_kji = (
+            max(0.8, 3.0 / grid.spacing[2]),
+            max(0.6, 1.0 / grid.spacing[1]),
+            max(0.6, 1.0 / grid.spacing[0]),
+        )
+        part = ndimage.gaussian_filter(
+            rng.standard_normal((32, 32, 32), dtype=np.float32), sigma_kji, mode="wrap"
+        )
+        tile += part * np.float32(coarse / max(float(part.std()), 1e-6))
+    return tile
 
 
 def body_prims(st: Structure) -> list[Primitive]:

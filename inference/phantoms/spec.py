@@ -40,6 +40,7 @@ FOV_WEIGHTS: dict[str, float] = {
 VARIANTS: tuple[str, ...] = ("none", "L6", "T13", "11_ribs", "lumbarised_S1", "sacralised_L5")
 CONTRASTS: tuple[str, ...] = ("none", "arterial", "venous", "oral", "venous_oral")
 
+
 def normalise_fov(fov: str) -> str:
     name = fov.strip().lower().replace("-", "_")
     if name in ("abdomen", "abdomenpelvis", "abdomen_pelvis"):
@@ -131,6 +132,7 @@ class PhantomSpec:
             fov_name = names[int(rng_f.choice(len(names), p=p / p.sum()))]
 
         anatomy = _draw_anatomy(rng_a)
+        anatomy["fractures"] = _fragility_fractures(stream(seed, STREAM_ANATOMY + 400), anatomy)
         acquisition = _draw_acquisition(rng_q, fov_name)
         for key in list(overrides):
             if key in anatomy:
@@ -292,6 +294,27 @@ def _draw_anatomy(rng: np.random.Generator) -> dict[str, Any]:
         "implant_levels": implants,
         "contrast": str(rng.choice(CONTRASTS, p=[0.4, 0.12, 0.3, 0.06, 0.12])),
     }
+
+
+#: VerSe labels of osteoporotic (fragility) fractures and their weights: most at the thoracolumbar
+#: junction (T11-L2), a second peak mid-thorax (T7-T8).
+FRAGILITY_LEVELS = {14: 0.1, 15: 0.12, 18: 0.18, 19: 0.22, 20: 0.22, 21: 0.11, 22: 0.05}
+
+
+def _fragility_fractures(rng: np.random.Generator, anatomy: dict[str, Any]) -> tuple[int, ...]:
+    """Add osteoporotic compression fractures where the bone is thin (its own random stream).
+
+    The chance rises as cancellous bone falls below ~170 HU (Pickhardt's screen: <= 160 HU osteopenic):
+    about 1 in 4 at 110 HU and 1 in 2 at 70 HU; a third of those have a second fracture.
+    """
+    fractures = set(anatomy["fractures"])
+    p = float(np.clip((170.0 - anatomy["cancellous_hu"]) / 220.0, 0.0, 0.5))
+    if rng.uniform() < p:
+        levels = np.array(list(FRAGILITY_LEVELS))
+        weights = np.array(list(FRAGILITY_LEVELS.values()))
+        for _ in range(1 + int(rng.uniform() < 1 / 3)):
+            fractures.add(int(rng.choice(levels, p=weights / weights.sum())))
+    return tuple(sorted(fractures))
 
 
 def _draw_acquisition(rng: np.random.Generator, fov: str) -> dict[str, Any]:

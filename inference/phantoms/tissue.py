@@ -13,7 +13,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy import ndimage
 
-from inference.phantoms.anatomy import Skeleton, SpineLayout
+from inference.phantoms.anatomy import Level, Skeleton, SpineLayout, Structure
 from inference.phantoms.shapes import (
     Capsule,
     Difference,
@@ -26,11 +26,13 @@ from inference.phantoms.shapes import (
     RoundBox,
     Shell,
     bounds_of,
+    frame_from,
     polyline_capsules,
     rotation_z,
     union_sdf,
 )
 from inference.phantoms.spec import PhantomSpec
+from inference.phantoms.streams import STREAM_DETAIL, stream
 
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
@@ -47,6 +49,116 @@ class Tissue:
     prims: list[Primitive]
     hu: float
     texture: Texture | None = None
+
+
+@dataclass(frozen=True)
+class VisceraOffsets:
+    """Where this person's viscera sit along the body axis relative to the textbook level (mm, + = up).
+
+    The diaphragm's dome lies anywhere from about T9 to T11 (build, breathing), the kidneys' hila at
+    L1-L2 and the aortic bifurcation at L3-L5 (docs/anchors.md, "Real anatomy"). Drawn per phantom so
+    that no organ marks a vertebral level exactly: the level must be read from the bones.
+    """
+
+    diaphragm: float
+    kidneys: float
+    bifurcation: float
+
+
+def viscera_offsets(spec: PhantomSpec) -> VisceraOffsets:
+    """The phantom's viscera offsets (their own random stream: other draws do not move)."""
+    rng = stream(spec.seed, STREAM_DETAIL + 20)
+    dome = float(np.clip(rng.normal(0.0, 16.0), -40.0, 40.0))
+    kidneys = float(np.clip(0.5 * dome + rng.normal(0.0, 12.0), -40.0, 40.0))
+    bifurcation = float(np.clip(rng.normal(0.0, 14.0), -35.0, 35.0))
+    return VisceraOffsets(dome, kidneys, bifurcation)
+
+
+def _level_frames(layout: SpineLayout) -> tuple[dict[str, Level], dict[str, float], dict[str, F64]]:
+    """Levels by name, with each body centre's height and (x, y) in the un-rolled body frame."""
+    levels = {lv.name: lv for lv in layout.levels}
+    cz = {name: float(layout.unroll_point(lv.centre)[2]) for name, lv in levels.items()}
+    cxy = {name: layout.unroll_point(lv.centre)[:2] for name, lv in levels.items()}
+    return levels, cz, cxy
+
+
+#: Radii (mm) of the aorta at the points of :func:`_aorta_path`.
+AORTA_RADII = (14.0, 15.0, 14.0, 13.0, 12.5, 12.0, 11.5, 10.5, 9.5, 8.5)
+#: Index in the aorta path where the descending aorta starts.
+DESCENDING_FROM = 4
+
+
+def _heart_centre(spec: PhantomSpec, layout: SpineLayout, offsets: VisceraOffsets) -> F64:
+    _, cz, cxy = _level_frames(layout)
+    # The heart rests on the diaphragm and follows most of its shift.
+    return np.array(
+        [
+            cxy["T8"][0] + 30.0,
+            cxy["T8"][1] - 105.0 * spec.body_scale,
+            cz["T8"] - 5.0 + 0.7 * offsets.diaphragm,
+        ]
+    )
+
+
+def _aorta_path(spec: PhantomSpec, layout: SpineLayout, offsets: VisceraOffsets) -> list[F64]:
+    """Centre line (un-rolled frame): ascending, arch, descending along the left front of the spine,
+    abdominal, to the iliac bifurcation (the last point)."""
+    levels, cz, cxy = _level_frames(layout)
+    heart_c = _heart_centre(spec, layout, offsets)
+    asc = heart_c + np.array([-10.0, 10.0, 40.0])
+    arch_top = np.array([cxy["T4"][0] + 5.0, cxy["T4"][1] - 45.0, cz["T3"] + 5.0])
+    desc = [
+        np.array([cxy[n][0] + 22.0, cxy[n][1] - levels[n].dims.depth / 2 - 8.0, cz[n]])
+        for n in ("T5", "T8", "T11", "L1", "L3")
+    ]
+    bif = np.array(
+        [
+            cxy["L4"][0] + 5.0,
+            cxy["L4"][1] - levels["L4"].dims.depth / 2 - 12.0,
+            max(cz["L4"] + offsets.bifurcation, cz["L3"] - 15.0),
+        ]
+    )
+    return [
+        heart_c + np.array([-5.0, 5.0, 20.0]),
+        asc,
+        arch_top,
+        np.array([cxy["T4"][0] + 20.0, cxy["T4"][1] - 25.0, cz["T4"] + 4.0]),
+        *desc,
+        bif,
+    ]
+
+
+def vascular_calcification(spec: PhantomSpec, skeleton: Skeleton) -> list[Structure]:
+    """Atherosclerotic plaques in the wall of the descending and abdominal aorta, for bone painting.
+
+    Prevalence and burden grow with age (``degeneration`` is the phantom's age proxy): calcified aortic
+    plaque is common after 60 and near universal at 80. Plaques are thin curved shells on the wall,
+    denser and more numerous below the renal arteries; painted at full resolution like bone (the soft
+    tissue grid is too coarse for 1-2 mm calcium).
+    """
+    rng = stream(spec.seed, STREAM_DETAIL + 21)
+    if rng.uniform() >= min(0.95, 1.2 * spec.degeneration):
+        return []
+    layout = skeleton.layout
+    path = _aorta_path(spec, layout, viscera_offsets(spec))
+    segments = list(range(DESCENDING_FROM, len(path) - 1))
+    weights = np.linspace(1.0, 2.5, len(segments))
+    rot_roll = rotation_z(layout.body_roll)
+    prims: list[Primitive] = []
+    for _ in range(int(3 + 45 * spec.degeneration * rng.uniform(0.3, 1.0))):
+        i = int(rng.choice(segments, p=weights / weights.sum()))
+        t = float(rng.uniform())
+        axis = path[i + 1] - path[i]
+        radius = AORTA_RADII[i] + t * (AORTA_RADII[i + 1] - AORTA_RADII[i]) - 0.6
+        frame = frame_from(axis, [0.0, 1.0, 0.0])
+        angle = float(rng.uniform(0.0, 2.0 * np.pi))
+        radial = np.cos(angle) * frame[:, 0] + np.sin(angle) * frame[:, 1]
+        centre = path[i] + t * axis + radius * radial
+        rot = rot_roll @ frame_from(axis, radial)
+        semi = [float(rng.uniform(1.5, 4.5)), float(rng.uniform(0.6, 1.4)), float(rng.uniform(1.5, 6.0))]
+        prims.append(Ellipsoid(layout.roll_point(centre), rot, semi))
+    hu = float(rng.uniform(350, 700) + 500 * spec.degeneration)
+    return [Structure("aortic_calcification", prims, 0.0, hu, 0.0, 0)]
 
 
 def paint_tissue(vol: F32, grid: Grid, tissue: Tissue, soft_edge: float) -> None:
@@ -174,12 +286,8 @@ def build_tissues(
     def loft(table: npt.ArrayLike, squareness: float = 0.0) -> Loft:
         return Loft(table, squareness=squareness, roll=roll, pivot=pivot)
 
-    def unrolled(p: F64) -> F64:
-        return layout.unroll_point(p)
-
-    levels = {lv.name: lv for lv in layout.levels}
-    cz = {name: float(unrolled(lv.centre)[2]) for name, lv in levels.items()}
-    cxy = {name: unrolled(lv.centre)[:2] for name, lv in levels.items()}
+    levels, cz, cxy = _level_frames(layout)
+    offsets = viscera_offsets(spec)
     last_t = "T13" if "T13" in levels else "T12"
     sac = [lv.name for lv in layout.levels if lv.name.startswith("S")]
     out: list[Tissue] = list(_table(spec, layout, rng))
@@ -204,7 +312,7 @@ def build_tissues(
                 out.append(Tissue("arm_muscle", [loft(arm_m)], muscle))
 
     # ---- abdomen and pelvis: visceral fat, the peritoneal cavity (bowel) in front of the spine, organs
-    z_dome = cz["T10"]
+    z_dome = cz["T10"] + offsets.diaphragm
     order = sorted(cz, key=lambda n: cz[n])
     lz = np.array([cz[n] for n in order])
     ly = np.array([cxy[n][1] for n in order])
@@ -241,7 +349,7 @@ def build_tissues(
                 [
                     cxy["L1"][0] + s * (levels["L1"].dims.width / 2 + 42.0),
                     cxy["L1"][1] - 12.0,
-                    cz["L1"] - (12.0 if s < 0 else 0.0),
+                    cz["L1"] + offsets.kidneys - (12.0 if s < 0 else 0.0),
                 ]
             )
             kid = Ellipsoid(layout.roll_point(kc), rz @ _rz(s * 0.5), [27.0, 32.0, 55.0])
@@ -265,7 +373,7 @@ def build_tissues(
     # ---- thorax: rib-cage interior, lungs with vessels, mediastinum, heart, great vessels, airway
     thorax = skeleton.thorax.copy()
     if len(thorax):
-        z_dome = cz["T10"] + float(rng.uniform(-15, 15))
+        z_dome = cz["T10"] + offsets.diaphragm + float(rng.uniform(-10, 10))
         apex = cz["T1"] + 25.0
         cav = thorax.copy()
         cav[:, 3:] = np.maximum(cav[:, 3:] - 6.0, 10.0)
@@ -295,39 +403,15 @@ def build_tissues(
                 med.append((z, x, y - b * 0.15, 28.0 + 0.15 * a, b * 0.75))
         if len(med) >= 2:
             out.append(Tissue("mediastinum", [loft(med)], fat_hu * 0.6 + 20))
-        heart_c = np.array([cxy["T8"][0] + 30.0, cxy["T8"][1] - 105.0 * spec.body_scale, cz["T8"] - 5.0])
+        heart_c = _heart_centre(spec, layout, offsets)
         heart = Ellipsoid(layout.roll_point(heart_c), rz @ _rz(np.radians(-35)), [52.0, 40.0, 50.0])
         out.append(Tissue("heart", [heart], 45.0 if blood < 100 else blood * 0.9))
         if blood > 100:
             out.append(Tissue("myocardium", [Difference(Shell(heart, 10.0), heart)], 55.0))
-        # Aorta: ascending, arch, descending along the left front of the spine, abdominal, iliac bifurcation.
-        asc = heart_c + np.array([-10.0, 10.0, 40.0])
-        arch_top = np.array([cxy["T4"][0] + 5.0, cxy["T4"][1] - 45.0, cz["T3"] + 5.0])
-        desc = [
-            np.array([cxy[n][0] + 22.0, cxy[n][1] - levels[n].dims.depth / 2 - 8.0, cz[n]])
-            for n in ("T5", "T8", "T11", "L1", "L3")
-        ]
-        bif = np.array([cxy["L4"][0] + 5.0, cxy["L4"][1] - levels["L4"].dims.depth / 2 - 12.0, cz["L4"]])
-        aorta_pts = [
-            heart_c + np.array([-5.0, 5.0, 20.0]),
-            asc,
-            arch_top,
-            np.array([cxy["T4"][0] + 20.0, cxy["T4"][1] - 25.0, cz["T4"] + 4.0]),
-            *desc,
-            bif,
-        ]
-        aorta = polyline_capsules(
-            [layout.roll_point(p) for p in aorta_pts],
-            [14.0, 15.0, 14.0, 13.0, 12.5, 12.0, 11.5, 10.5, 9.5, 8.5],
-        )
+        aorta_pts = _aorta_path(spec, layout, offsets)
+        bif = aorta_pts[-1]
+        aorta = polyline_capsules([layout.roll_point(p) for p in aorta_pts], list(AORTA_RADII))
         out.append(Tissue("aorta", aorta, blood))
-        if spec.degeneration > 0.4:
-            # Atherosclerotic calcification: small plaques on the aortic wall.
-            plaques: list[Primitive] = []
-            for _ in range(int(8 * spec.degeneration)):
-                p = aorta_pts[int(rng.integers(4, len(aorta_pts)))] + rng.normal(0, 6, 3)
-                plaques.append(Ellipsoid(layout.roll_point(p), np.eye(3), [2.0, 2.0, 3.0]))
-            out.append(Tissue("plaque", plaques, float(rng.uniform(300, 800))))
         for s in (-1.0, 1.0):
             il = [bif, bif + np.array([s * 45.0, -10.0, -60.0]), bif + np.array([s * 75.0, -25.0, -140.0])]
             out.append(
@@ -383,7 +467,7 @@ def build_tissues(
         rows = []
         for lv in layout.levels[1:-2]:
             d = lv.dims
-            c = unrolled(lv.centre)
+            c = layout.unroll_point(lv.centre)
             kind = lv.name[0]
             w = {"C": 15.0, "T": 20.0, "L": 27.0, "S": 20.0}[kind] * spec.body_scale
             depth = {"C": 17.0, "T": 19.0, "L": 24.0, "S": 14.0}[kind]
