@@ -1,14 +1,21 @@
-"""Shared pieces of the reliability suite (issue 15): the agent as a process, DCMTK peers, series, checks.
+"""Shared pieces of the reliability tests: the agent as a process, DCMTK peers, series, checks.
+
+Used by the reliability suite (issue 15, ``test_suite_*.py``) and by the reproducing tests of the fixes
+of issue 16 (``test_fix_*.py``).
 
 The agent runs as a real process: ``python -m tests.reliability.suite_support serve CONFIG`` runs the
 ``spine-agent serve`` command itself (typer CLI, config file, logging, signal handling, SCP, scheduler,
 worker, sender, HTTP) with one substitution: the engine is :class:`BoxPredictor`, a deterministic
-stand-in that labels a box in the middle of the volume in a configurable time. The suite is about what
-happens around the engine (receive, ledger, spool, delivery, restarts); the real engine takes minutes
-per series on this CPU and is tested in tests/inference and tests/e2e.
+stand-in that labels a box in the middle of the volume in a configurable time and appends what it was
+given (slice count, source SOP Instance UIDs) as one JSON line to ``$SPINE_SUITE_ENGINE_LOG``. The tests
+are about what happens around the engine (receive, ledger, spool, delivery, restarts); the real engine
+takes minutes per series on this CPU and is tested in tests/inference and tests/e2e.
 
 Everything else is real: DCMTK ``storescu`` sends, DCMTK ``storescp`` is the destination (``+uf``: every
 received instance is its own file, so a result sent twice is counted twice), SIGKILL is SIGKILL.
+
+The subprocess imports the code of the tree this file is in (it runs there, with ``PYTHONPATH`` set to
+it), so copying the tests into a checkout of an older commit shows them failing there.
 """
 
 from __future__ import annotations
@@ -34,7 +41,7 @@ import pydicom
 from dicom_io.result import Landmark, Result
 from dicom_io.volume import Volume
 from storage import JobState, Ledger
-from tests.conftest import free_port, require_tool
+from tests.support import free_port, require_tool
 
 if TYPE_CHECKING:
     from tests.agent.service.conftest import SyntheticSeries
@@ -46,6 +53,12 @@ REPORT_ENV = "SPINE_SUITE_REPORT"
 LONG_ENV = "SPINE_SUITE_LONG"
 #: Seconds the stand-in engine takes per series (so kills land during "inference" too).
 ENGINE_DELAY_ENV = "SPINE_SUITE_ENGINE_DELAY_S"
+#: The JSON-lines file where the stand-in engine records each call (see :meth:`SuiteAgent.engine_calls`).
+ENGINE_LOG_ENV = "SPINE_SUITE_ENGINE_LOG"
+#: The source tree the agent subprocess runs (the one this file is in).
+REPO_ROOT = Path(__file__).resolve().parents[2]
+#: A full UID (at least three components) in text.
+FULL_UID = re.compile(r"(?<![\w.])[0-9]+(?:\.[0-9]+){2,}(?![0-9])")
 
 FINISHED = (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
 
@@ -64,13 +77,19 @@ def variants(short: Any, long: Any) -> list[Any]:
 
 
 class BoxPredictor:
-    """Labels L1 (VerSe 20) as a box in the middle third of the volume, after ``delay_s`` seconds."""
+    """Labels L1 (VerSe 20) as a box in the middle third of the volume, after ``delay_s`` seconds; with a
+    ``record`` file, first appends ``{"slices": ..., "sop_uids": [...]}`` (what it was given) to it."""
 
-    def __init__(self, delay_s: float = 0.0) -> None:
+    def __init__(self, delay_s: float = 0.0, record: Path | None = None) -> None:
         self.delay_s = delay_s
+        self.record = record
         self.plan = type("Plan", (), {"version": "suite-box"})()
 
     def predict(self, volume: Volume) -> Result:
+        if self.record is not None:
+            uids = list(volume.source.sop_instance_uids) if volume.source else []
+            with self.record.open("a") as handle:
+                handle.write(json.dumps({"slices": int(volume.shape[0]), "sop_uids": uids}) + "\n")
         time.sleep(self.delay_s)
         mask = np.zeros(volume.shape, np.uint8)
         k, j, i = (max(1, n // 3) for n in volume.shape)
@@ -87,7 +106,9 @@ def _serve(config: str) -> None:  # pragma: no cover - runs in the agent subproc
     from agent.cli.app import main
 
     delay = float(os.environ.get(ENGINE_DELAY_ENV, "0.3"))
-    service_module.load_engine = lambda settings: BoxPredictor(delay)  # type: ignore[assignment]
+    record = os.environ.get(ENGINE_LOG_ENV)
+    engine = BoxPredictor(delay, Path(record) if record else None)
+    service_module.load_engine = lambda settings: engine  # type: ignore[assignment]
     sys.argv = ["spine-agent", "--config", config, "serve", "--grace", "0"]
     main()
 
@@ -105,6 +126,8 @@ class SuiteAgent:
     config: Path
     spool: Path
     engine_delay_s: float = 0.3
+    #: Run inside ``unshare`` with the spool on a tmpfs of this many KiB (None: a plain process).
+    tmpfs_kib: int | None = None
     process: subprocess.Popen[bytes] | None = None
     starts: int = 0
 
@@ -116,16 +139,32 @@ class SuiteAgent:
     def log_path(self) -> Path:
         return self.directory / "agent.log"
 
+    @property
+    def engine_log(self) -> Path:
+        return self.directory / "engine.jsonl"
+
     def start(self, timeout_s: float = 90.0, *, wait_ready: bool = True) -> None:
+        """Start ``serve``; with ``wait_ready``, return once it logged "spine-agent listening" (SCP, HTTP,
+        worker and scheduler are up), fail if it exits first."""
         assert self.process is None or self.process.poll() is not None, "already running"
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        command = [sys.executable, "-m", "tests.reliability.suite_support", "serve", str(self.config)]
+        if self.tmpfs_kib is not None:
+            self.spool.mkdir(parents=True, exist_ok=True)
+            script = f"mount -t tmpfs -o size={self.tmpfs_kib}k tmpfs {self.spool} && exec " + " ".join(
+                f"'{part}'" for part in command
+            )
+            command = [require_tool("unshare"), "--user", "--map-root-user", "--mount", "sh", "-c", script]
+        env = {
+            **os.environ,
+            "PYTHONUNBUFFERED": "1",
+            "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]),
+            ENGINE_DELAY_ENV: str(self.engine_delay_s),
+            ENGINE_LOG_ENV: str(self.engine_log),
+        }
         handle = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "tests.reliability.suite_support", "serve", str(self.config)],
-            stdout=handle,
-            stderr=subprocess.STDOUT,
-            cwd=Path(__file__).resolve().parents[2],
-            env={**os.environ, "PYTHONUNBUFFERED": "1", ENGINE_DELAY_ENV: str(self.engine_delay_s)},
+            command, stdout=handle, stderr=subprocess.STDOUT, cwd=REPO_ROOT, env=env
         )
         handle.close()
         self.starts += 1
@@ -158,6 +197,17 @@ class SuiteAgent:
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
+    def in_namespace(self, shell: str) -> subprocess.CompletedProcess[str]:
+        """Run ``shell`` in the agent's mount namespace (where its tmpfs spool is mounted)."""
+        assert self.process is not None and self.tmpfs_kib is not None
+        nsenter = require_tool("nsenter")
+        return subprocess.run(
+            [nsenter, "-t", str(self.process.pid), "-U", "-m", "--preserve-credentials", "sh", "-c", shell],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
     def ledger(self) -> Ledger:
         return Ledger(self.ledger_url)
 
@@ -177,12 +227,29 @@ class SuiteAgent:
                 records.append({"raw": line})
         return records
 
+    def engine_calls(self) -> list[dict[str, Any]]:
+        """What the stand-in engine was given, one dict per call (``slices``, ``sop_uids``), in order."""
+        if not self.engine_log.exists():
+            return []
+        return [json.loads(line) for line in self.engine_log.read_text().splitlines() if line.strip()]
+
     def http_get(self, path: str, timeout_s: float = 5.0) -> tuple[int, str]:
+        """(status, body); (0, "") when nothing answers."""
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=timeout_s) as r:  # noqa: S310
                 return int(r.status), r.read().decode(errors="replace")
         except urllib.error.HTTPError as exc:
             return int(exc.code), exc.read().decode(errors="replace")
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            return 0, ""
+
+    def readyz(self) -> tuple[int, dict[str, Any]]:
+        """``/readyz``: (status, the JSON body, or {})."""
+        status, body = self.http_get("/readyz")
+        try:
+            return status, json.loads(body) if body else {}
+        except ValueError:
+            return status, {}
 
 
 def make_agent(
@@ -196,8 +263,10 @@ def make_agent(
     spool_dir: Path | None = None,
     engine_delay_s: float = 0.3,
     log_level: str = "INFO",
+    tmpfs_kib: int | None = None,
 ) -> SuiteAgent:
-    """Write a config for an agent on free loopback ports; ``destinations`` are (name, AE, port)."""
+    """Write a config for an agent on free loopback ports; ``destinations`` are (name, AE, port); the
+    ``dicom``, ``storage``, ``ledger`` and ``delivery`` values override the defaults below key by key."""
     directory.mkdir(parents=True, exist_ok=True)
     dicom_port, http_port = free_port(), free_port()
     dicom_values: dict[str, Any] = {
@@ -237,7 +306,9 @@ def make_agent(
     config = directory / "agent.toml"
     config.write_text("\n".join(lines))
     spool = Path(storage_values["spool_dir"])
-    return SuiteAgent(directory, dicom_port, http_port, config, spool, engine_delay_s=engine_delay_s)
+    return SuiteAgent(
+        directory, dicom_port, http_port, config, spool, engine_delay_s=engine_delay_s, tmpfs_kib=tmpfs_kib
+    )
 
 
 def _toml(value: Any) -> str:
@@ -289,6 +360,12 @@ class StoreSCP:
             self.process.kill()
             self.process.wait(timeout=10)
 
+    def files(self) -> list[Path]:
+        """The files received, by name (DCMTK names a SEG ``SG.*`` and an SR ``SR*``)."""
+        if not self.directory.exists():
+            return []
+        return sorted(p for p in self.directory.iterdir() if p.is_file() and not p.name.startswith("."))
+
     def restart(self, extra: Sequence[str] | None = None) -> None:
         self.stop()
         if extra is not None:
@@ -307,7 +384,12 @@ class StoreSCP:
         return counts
 
 
-def start_storescp(directory: Path, extra: Sequence[str] = ()) -> StoreSCP:
+def start_storescp(
+    directory: Path, extra: Sequence[str] = (), *, on_reception: str | None = None
+) -> StoreSCP:
+    """storescp on a free port; ``on_reception`` runs synchronously after each file (``#f``: its name)."""
+    if on_reception:
+        extra = [*extra, "--exec-on-reception", on_reception, "--exec-sync"]
     return StoreSCP(directory, free_port(), extra=extra).start()
 
 
@@ -334,6 +416,10 @@ class StorescuRun:
     def wait(self, timeout_s: float = 120.0) -> int:
         self.output, _ = self.process.communicate(timeout=timeout_s)
         return int(self.process.returncode)
+
+    @property
+    def returncode(self) -> int | None:
+        return self.process.returncode
 
     def statuses(self) -> dict[Path, str]:
         """File -> the status text storescu printed for it (files without a response are absent)."""
@@ -383,6 +469,22 @@ def storescu(
         text=True,
     )
     return StorescuRun(file_list, process)
+
+
+def store(
+    port: int,
+    files: Iterable[Path],
+    *,
+    calling_ae: str = "STORESCU",
+    check: bool = True,
+    timeout_s: float = 120.0,
+) -> StorescuRun:
+    """:func:`storescu` and wait for it; with ``check``, assert that it exited 0 (every file stored)."""
+    run = storescu(port, files, calling_ae=calling_ae)
+    returncode = run.wait(timeout_s)
+    if check:
+        assert returncode == 0, run.output
+    return run
 
 
 # --- series -------------------------------------------------------------------------------------------
@@ -436,8 +538,9 @@ class LedgerView:
 
 
 def wait_for(
-    predicate: Callable[[], bool], timeout_s: float, poll_s: float = 0.5, what: str = "condition"
+    predicate: Callable[[], object], timeout_s: float, poll_s: float = 0.3, what: str = "condition"
 ) -> None:
+    """Poll ``predicate`` until it is truthy; AssertionError naming ``what`` after ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if predicate():

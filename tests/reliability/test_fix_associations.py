@@ -18,7 +18,7 @@ from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from tests.conftest import require_tool
-from tests.reliability.fix_support import Agent, make_agent
+from tests.reliability.suite_support import SuiteAgent, make_agent
 
 pytestmark = pytest.mark.integration
 
@@ -26,7 +26,7 @@ LIMIT = 3
 PEERS = 6
 
 
-def _burst(agent: Agent) -> tuple[int, int]:
+def _burst(agent: SuiteAgent) -> tuple[int, int]:
     """PEERS synchronised association requests; all established ones are held until every peer is done."""
     barrier = threading.Barrier(PEERS)
     done = threading.Barrier(PEERS + 1)
@@ -54,7 +54,7 @@ def _burst(agent: Agent) -> tuple[int, int]:
     return outcomes.count("accepted"), outcomes.count("rejected")
 
 
-def _refusal_lines(agent: Agent) -> int:
+def _refusal_lines(agent: SuiteAgent) -> int:
     return sum(
         "dicom.max_associations" in r.get("message", "") and r.get("level") == "WARNING"
         for r in agent.log_records()
@@ -62,7 +62,9 @@ def _refusal_lines(agent: Agent) -> int:
 
 
 def test_bursts_get_exactly_the_limit_and_each_refusal_is_logged_once(tmp_path: Path) -> None:
-    agent = make_agent(tmp_path / "agent", overrides={"dicom": {"max_associations": LIMIT}})
+    agent = make_agent(
+        tmp_path / "agent", dicom={"max_associations": LIMIT, "allowed_calling_aes": ["FIXTEST"]}
+    )
     try:
         agent.start()
         for round_ in range(1, 4):
@@ -76,7 +78,8 @@ def test_bursts_get_exactly_the_limit_and_each_refusal_is_logged_once(tmp_path: 
 def test_idle_connections_hold_no_slot_and_are_closed(tmp_path: Path) -> None:
     idle_s = 2.0
     agent = make_agent(
-        tmp_path / "agent", overrides={"dicom": {"max_associations": LIMIT, "idle_timeout_s": idle_s}}
+        tmp_path / "agent",
+        dicom={"max_associations": LIMIT, "idle_timeout_s": idle_s, "allowed_calling_aes": ["ECHOSCU"]},
     )
     sockets: list[socket.socket] = []
     try:

@@ -15,7 +15,7 @@ import pytest
 
 from storage import DeliveryState
 from tests.agent.service.conftest import write_series
-from tests.reliability.fix_support import Agent, make_agent, start_storescp, storescu, wait_for
+from tests.reliability.suite_support import SuiteAgent, make_agent, start_storescp, store, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -29,17 +29,17 @@ def test_kill_while_the_sr_response_is_held_does_not_resend_the_seg(tmp_path: Pa
         f'case "$1" in SR*) if [ ! -e {marker} ]; then touch {marker}; sleep {HOLD_S}; fi;; esac\n'
     )
     dest = start_storescp(tmp_path / "dest", on_reception=f"sh {hold} #f")
-    agent: Agent | None = None
+    agent: SuiteAgent | None = None
     try:
         agent = make_agent(
             tmp_path / "agent",
-            stable_age_s=1.0,
-            destination_port=dest.port,
-            overrides={"delivery": {"lease_s": 4.0}},
+            dicom={"stable_age_s": 1.0},
+            destinations=[("dest", dest.ae_title, dest.port)],
+            delivery={"lease_s": 4.0},
         )
         agent.start()
         series = write_series(tmp_path / "series", slices=12)
-        storescu(agent.dicom_port, series.files)
+        store(agent.dicom_port, series.files)
         wait_for(marker.exists, 60, what="the destination to hold the SR's response\n" + agent.log_tail())
         agent.kill()
         seg_files = [p for p in dest.files() if p.name.startswith("SG.")]

@@ -18,7 +18,7 @@ import pytest
 from storage import JobState, Ledger
 from tests.agent.service.conftest import write_series
 from tests.conftest import require_tool
-from tests.reliability.fix_support import Agent, make_agent, storescu, wait_for
+from tests.reliability.suite_support import SuiteAgent, make_agent, store, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -36,13 +36,13 @@ def _namespaces_work() -> None:
         pytest.skip(message)
 
 
-def _free_bytes(agent: Agent) -> int:
+def _free_bytes(agent: SuiteAgent) -> int:
     out = agent.in_namespace(f"df -B1 --output=avail {agent.spool} | tail -1")
     assert out.returncode == 0, out.stderr
     return int(out.stdout.strip())
 
 
-def _fill(agent: Agent, leave_bytes: int) -> None:
+def _fill(agent: SuiteAgent, leave_bytes: int) -> None:
     """Fill the spool's tmpfs until ``leave_bytes`` remain free (0: completely)."""
     free = _free_bytes(agent)
     count = max(0, free - leave_bytes) // 4096
@@ -54,15 +54,15 @@ def test_a_full_disk_defers_the_job_without_spending_attempts(tmp_path: Path) ->
     _namespaces_work()
     agent = make_agent(
         tmp_path / "agent",
-        stable_age_s=2.0,
+        dicom={"stable_age_s": 2.0},
         tmpfs_kib=8 * 1024,
-        overrides={"ledger": {"defer_base_s": 1.0, "defer_cap_s": 2.0, "max_attempts": 3}},
+        ledger={"defer_base_s": 1.0, "defer_cap_s": 2.0, "max_attempts": 3},
     )
     ledger = Ledger(agent.ledger_url)
     series = write_series(tmp_path / "series", slices=12)
     try:
         agent.start()
-        storescu(agent.dicom_port, series.files)
+        store(agent.dicom_port, series.files)
         _fill(agent, 0)  # before the quiet timer fires: the job's writes hit ENOSPC
         wait_for(lambda: ledger.list_jobs(), 20, what="the job to be queued\n" + agent.log_tail())
         time.sleep(8.0)  # many tries at 1-2 s back-off
@@ -95,7 +95,7 @@ def test_a_full_disk_defers_the_job_without_spending_attempts(tmp_path: Path) ->
 
 def test_readyz_is_not_ready_when_the_scp_would_refuse_for_space(tmp_path: Path) -> None:
     _namespaces_work()
-    agent = make_agent(tmp_path / "agent", tmpfs_kib=8 * 1024, overrides={"storage": {"disk_reserve_mb": 2}})
+    agent = make_agent(tmp_path / "agent", tmpfs_kib=8 * 1024, storage={"disk_reserve_mb": 2})
     try:
         agent.start()
         assert agent.readyz()[0] == 200
@@ -106,7 +106,7 @@ def test_readyz_is_not_ready_when_the_scp_would_refuse_for_space(tmp_path: Path)
         assert "0xA700" in body["checks"]["scp"]["detail"]
         # and the SCP does refuse: a 1 MiB instance gets 0xA700 (storescu exits non-zero on it)
         big = write_series(tmp_path / "big", slices=1, rows=724, columns=724)
-        sent = storescu(agent.dicom_port, big.files, check=False)
+        sent = store(agent.dicom_port, big.files, check=False)
         assert sent.returncode != 0
         assert "refused with 0xA700" in agent.log_text()
 

@@ -16,18 +16,20 @@ import pytest
 from storage import JobState, Ledger
 from storage.ledger import utcnow
 from tests.agent.service.conftest import write_series
-from tests.reliability.fix_support import make_agent, storescu, wait_for
+from tests.reliability.suite_support import make_agent, store, wait_for
 
 pytestmark = pytest.mark.integration
 
 
 def test_a_restarted_agent_releases_its_own_jobs_at_once(tmp_path: Path) -> None:
-    agent = make_agent(tmp_path / "agent", stable_age_s=1.0, engine_delay_s=120.0)
+    agent = make_agent(
+        tmp_path / "agent", dicom={"stable_age_s": 1.0}, ledger={"lease_s": 900.0}, engine_delay_s=120.0
+    )
     ledger = Ledger(agent.ledger_url)
     try:
         agent.start()
         agent_id = (agent.spool / "agent-id").read_text().strip()
-        storescu(agent.dicom_port, write_series(tmp_path / "mine", slices=12).files)
+        store(agent.dicom_port, write_series(tmp_path / "mine", slices=12).files)
         wait_for(lambda: agent.engine_calls(), 30, what="the job to reach the engine\n" + agent.log_tail())
         [job] = ledger.list_jobs()
         assert job.state == JobState.RUNNING

@@ -16,18 +16,18 @@ from dicom_io.uids import uid_digest
 from storage import JobState, Ledger
 from storage.spool import Spool
 from tests.agent.service.conftest import write_series
-from tests.reliability.fix_support import make_agent, storescu, wait_for
+from tests.reliability.suite_support import make_agent, store, wait_for
 
 pytestmark = pytest.mark.integration
 
 
 def test_a_truncated_instance_is_reported_as_truncated(tmp_path: Path) -> None:
     series = write_series(tmp_path / "series", slices=12)
-    agent = make_agent(tmp_path / "agent", stable_age_s=3.0)
+    agent = make_agent(tmp_path / "agent", dicom={"stable_age_s": 3.0})
     ledger = Ledger(agent.ledger_url)
     try:
         agent.start()
-        storescu(agent.dicom_port, series.files)
+        store(agent.dicom_port, series.files)
         victim = Spool(agent.spool).instance_path(series.study_uid, series.series_uid, series.sop_uids[4])
         received = victim.stat().st_size
         os.truncate(victim, 200)

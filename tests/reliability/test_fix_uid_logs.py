@@ -15,7 +15,7 @@ import pytest
 from dicom_io.uids import uid_digest
 from storage import JobState, Ledger
 from tests.agent.service.conftest import write_series
-from tests.reliability.fix_support import FULL_UID, make_agent, storescu, wait_for
+from tests.reliability.suite_support import FULL_UID, make_agent, store, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -25,11 +25,11 @@ def test_failure_reasons_and_log_lines_carry_uid_digests_only(tmp_path: Path) ->
     odd = pydicom.dcmread(series.files[5])
     odd.Modality = "MR"  # still CT Image Storage, so the SCP stores it; the loader refuses the series
     odd.save_as(series.files[5], enforce_file_format=True)
-    agent = make_agent(tmp_path / "agent", stable_age_s=1.0)
+    agent = make_agent(tmp_path / "agent", dicom={"stable_age_s": 1.0})
     ledger = Ledger(agent.ledger_url)
     try:
         agent.start()
-        storescu(agent.dicom_port, series.files)
+        store(agent.dicom_port, series.files)
         wait_for(
             lambda: [j.state for j in ledger.list_jobs()] == [JobState.FAILED],
             60,
