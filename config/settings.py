@@ -323,6 +323,10 @@ class HttpSettings(_Section):
     admin_token_file: Path | None = None
     #: The admin token itself; meant for SPINE_AGENT_HTTP__ADMIN_TOKEN, prefer admin_token_file in TOML.
     admin_token: SecretStr | None = None
+    #: Show each job's Accession Number and Series Description (read from the spooled DICOM headers while
+    #: the series is in the spool) in the dashboard, its JSON API and ``spine-agent jobs list``, instead of
+    #: UID fragments. Patient data: off by default; the dashboard needs no login to be read.
+    show_patient_data: bool = False
 
 
 class LoggingSettings(_Section):

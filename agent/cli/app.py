@@ -19,6 +19,7 @@ from rich.table import Table
 from agent.cli.commands import demo, evaluate, phantom, predict, serve, train
 from agent.cli.state import STATE, config_origin, settings
 from agent.errors import UserError
+from agent.web.patient_data import SeriesDetails, in_spool, read_series_details
 from agent.web.views import age, delivery_as_dict, job_as_dict
 from config import ConfigError, Settings, example_toml, parse_toml, settings_from_mapping
 from dicom_io.uids import uid_digest
@@ -193,17 +194,33 @@ def jobs_list(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """List jobs, newest first."""
-    ledger = open_ledger(settings())
+    cfg = settings()
+    ledger = open_ledger(cfg)
     jobs = ledger.list_jobs(_parse_states(state), _parse_since(since), limit)
+    # http.show_patient_data: Accession Number and Series Description from the spooled headers.
+    details: dict[int, SeriesDetails | None] = {}
+    if cfg.http.show_patient_data:
+        for job in jobs:
+            folder = in_spool(Path(cfg.storage.spool_dir), job.series.spool_path)
+            details[job.id] = None if folder is None else read_series_details(folder)
     if as_json:
-        sys.stdout.write(json.dumps([job_as_dict(j) for j in jobs], indent=2) + "\n")
+        rows = [job_as_dict(j) for j in jobs]
+        if cfg.http.show_patient_data:
+            for row in rows:
+                found = details[row["id"]]
+                row["accession_number"] = found.accession_number if found else None
+                row["series_description"] = found.series_description if found else None
+        sys.stdout.write(json.dumps(rows, indent=2) + "\n")
         return
     now = datetime.now(UTC)
     # Fits 80 columns: the series by the digest the log uses (`jobs show ID` gives the full UIDs).
-    table = Table(title=_count(len(jobs), "job"), caption="series: digest of the Series UID, as in the log")
+    caption = "series: digest of the Series UID, as in the log"
+    if cfg.http.show_patient_data:
+        caption = "series: accession number · series description (digest once the files are gone)"
+    table = Table(title=_count(len(jobs), "job"), caption=caption)
     table.add_column("id", justify="right", no_wrap=True)
     table.add_column("state", no_wrap=True)
-    table.add_column("series", no_wrap=True)
+    table.add_column("series", no_wrap=not cfg.http.show_patient_data, overflow="fold")
     table.add_column("v", justify="right", no_wrap=True)
     table.add_column("inst", justify="right", no_wrap=True)
     table.add_column("age", justify="right", no_wrap=True)
@@ -213,7 +230,7 @@ def jobs_list(
         table.add_row(
             str(job.id),
             f"[{_COLOURS.get(job.state.value, 'white')}]{job.state.value}[/]",
-            uid_digest(job.series.series_instance_uid),
+            escape(_series_label(details.get(job.id)) or uid_digest(job.series.series_instance_uid)),
             str(job.series.version),
             str(job.series.instance_count),
             age(job.created_at, now),
@@ -221,6 +238,10 @@ def jobs_list(
             escape(job.failure_reason or ""),
         )
     console.print(table)
+
+
+def _series_label(details: SeriesDetails | None) -> str:
+    return details.label if details is not None else ""
 
 
 _COLOURS = {"SUCCEEDED": "green", "FAILED": "red", "RUNNING": "cyan", "QUEUED": "yellow", "SKIPPED": "blue"}

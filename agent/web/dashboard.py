@@ -6,8 +6,13 @@ Pages (server-rendered, every ledger value HTML-escaped; a small script refreshe
 * ``GET /dashboard/jobs/<id>``: one job: timings, deliveries with their last status and error, events.
 * ``GET /dashboard/deliveries``: the newest deliveries (``?state=``, ``?job=``).
 
-JSON API: ``GET /api/jobs`` (``?state=``, ``?limit=``), ``GET /api/jobs/<id>``, ``GET /api/deliveries``
-(``?job=``, ``?state=``, ``?limit=``). Actions, POST only, with ``Authorization: Bearer <admin token>``:
+* a SUCCEEDED job's page also lists its landmarks (name, LPS position to 0.1 mm, certainty) and shows
+  ``GET /api/jobs/<id>/preview.png``, a small sagittal preview of the series with the landmarks drawn
+  (:mod:`agent.web.preview`; 404 with the reason when the job has no results or its files are gone).
+
+JSON API: ``GET /api/jobs`` (``?state=``, ``?limit=``), ``GET /api/jobs/<id>`` (with ``landmarks``),
+``GET /api/deliveries`` (``?job=``, ``?state=``, ``?limit=``). Actions, POST only, with
+``Authorization: Bearer <admin token>``:
 ``/api/jobs/<id>/retry``, ``/api/jobs/<id>/cancel``, ``/api/deliveries/<id>/retry``,
 ``/api/deliveries/<id>/resend``, ``/api/jobs/<id>/send/<destination>``, and
 ``/api/destinations/<name>/echo`` (a C-ECHO to the destination as the sender calls it, the same code as
@@ -18,7 +23,12 @@ Read-only unless an admin token is configured (``http.admin_token_file`` or
 ``SPINE_AGENT_HTTP__ADMIN_TOKEN``): then actions answer 403. A missing or wrong token is 401, an
 illegal state move 409 with the ledger's message, an unknown id 404. The token travels in a header,
 never in a cookie, so a cross-site page cannot make the browser send it (no CSRF); it is compared in
-constant time and never logged. The ledger holds no patient data, and nothing here adds any.
+constant time and never logged.
+
+Patient data: the ledger holds none. Only with ``http.show_patient_data`` on do the pages and the API
+show each series' Accession Number and Series Description (read from the spooled headers,
+:mod:`agent.web.patient_data`) instead of UID fragments; with it off they are never read. The preview
+holds pixels only (no header text, no PNG metadata).
 """
 
 from __future__ import annotations
@@ -29,17 +39,22 @@ import html
 import json
 import logging
 import re
+import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from http import HTTPStatus
 from importlib import resources
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode
 
 import jinja2
 from markupsafe import Markup
 
+from agent.web.patient_data import SeriesDetails, SeriesDetailsCache, in_spool
+from agent.web.preview import LandmarkRow, PreviewUnavailable, read_landmarks, render_preview
 from agent.web.views import age, delivery_as_dict, iso, job_as_dict
 from config import ConfigError, HttpSettings
 from storage import (
@@ -64,6 +79,10 @@ DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
 #: Events shown on a job's page (newest last).
 EVENT_LIMIT = 200
+#: Rendered previews kept in memory (each well under 200 kB).
+PREVIEW_CACHE = 32
+#: How long a browser may keep a preview (a finished job's results do not change).
+PREVIEW_MAX_AGE_S = 300
 
 STATIC = "/dashboard/static"
 #: The package files under ``agent/web/static`` served at ``STATIC``: name -> (file, content type).
@@ -109,6 +128,7 @@ SECURITY_HEADERS: dict[str, str] = {
 
 _JOB_PAGE = re.compile(r"/dashboard/jobs/(\d{1,18})")
 _API_JOB = re.compile(r"/api/jobs/(\d{1,18})")
+_PREVIEW = re.compile(r"/api/jobs/(\d{1,18})/preview\.png")
 _JOB_ACTION = re.compile(r"/api/jobs/(\d{1,18})/(retry|cancel)")
 _DELIVERY_ACTION = re.compile(r"/api/deliveries/(\d{1,18})/(retry|resend)")
 _JOB_SEND = re.compile(r"/api/jobs/(\d{1,18})/send/([A-Za-z0-9_.-]{1,64})")
@@ -256,6 +276,14 @@ class Dashboard:
         self.system_status: Callable[[], dict[str, Any]] | None = None
         #: The echo button's C-ECHO (see :data:`DestinationEcho`); set by the service. None: no button.
         self.echo_destination: DestinationEcho | None = None
+        #: The spool root (``storage.spool_dir``), where landmarks, previews and (with
+        #: :attr:`show_patient_data`) the series' details are read; set by the HTTP server. None: none shown.
+        self.spool_dir: Path | None = None
+        #: ``http.show_patient_data``: Accession Number and Series Description instead of UID fragments.
+        self.show_patient_data = False
+        self._details = SeriesDetailsCache()
+        self._previews: OrderedDict[int, bytes] = OrderedDict()
+        self._preview_lock = threading.Lock()  # one preview drawn at a time: bounded memory and CPU
 
     @property
     def actions_enabled(self) -> bool:
@@ -305,6 +333,8 @@ class Dashboard:
             return self._api_jobs(query)
         if match := _API_JOB.fullmatch(path):
             return self._api_job(int(match[1]))
+        if match := _PREVIEW.fullmatch(path):
+            return self._preview(int(match[1]))
         if path == "/api/deliveries":
             return self._api_deliveries(query)
         if path.startswith("/api/"):
@@ -397,12 +427,24 @@ class Dashboard:
         limit = _positive_int(query, "limit", DEFAULT_LIMIT, MAX_LIMIT) or DEFAULT_LIMIT
         jobs = self.ledger.list_jobs(states or None, None, limit)
         counts = {state.value: n for state, n in self.ledger.job_counts().items()}
-        return _json(HTTPStatus.OK, {"counts": counts, "jobs": [job_as_dict(j) for j in jobs]})
+        return _json(HTTPStatus.OK, {"counts": counts, "jobs": [self._job_json(j) for j in jobs]})
+
+    def _job_json(self, job: Job) -> dict[str, Any]:
+        """:func:`job_as_dict`, plus ``accession_number`` and ``series_description`` only when enabled."""
+        data = job_as_dict(job)
+        if self.show_patient_data:
+            details = self._series_details(job)
+            data["accession_number"] = details.accession_number if details else None
+            data["series_description"] = details.series_description if details else None
+        return data
 
     def _job_detail(self, job_id: int) -> dict[str, Any]:
         job = self.ledger.get_job(job_id)
-        data = job_as_dict(job)
+        data = self._job_json(job)
         data["purged_at"] = iso(job.purged_at)
+        landmarks = self._landmarks(job)
+        data["landmarks"] = None if landmarks is None else [lm.as_json() for lm in landmarks]
+        data["preview"] = f"/api/jobs/{job.id}/preview.png" if landmarks else None
         data["events"] = [
             {"at": e.at.isoformat(), "kind": e.kind, "detail": e.detail}
             for e in self.ledger.events(job_id=job_id, limit=EVENT_LIMIT)
@@ -446,15 +488,16 @@ class Dashboard:
     def _message(self, status: HTTPStatus, title: str, active: str, message: str) -> DashboardResponse:
         return self._html(status, "message.html", title, active, message=message)
 
-    @staticmethod
-    def _job_view(job: Job, now: datetime) -> dict[str, Any]:
+    def _job_view(self, job: Job, now: datetime) -> dict[str, Any]:
         uid = job.series.series_instance_uid
         reason = job.failure_reason or ""
+        details = self._series_details(job) if self.show_patient_data else None
         return {
             "id": job.id,
             "state": job.state.value,
             "uid": uid,
             "short_uid": _short_uid(uid),
+            "series_label": (details.label if details else "") or _short_uid(uid),
             "version": job.series.version,
             "instances": job.series.instance_count,
             "created": _when(job.created_at),
@@ -523,6 +566,7 @@ class Dashboard:
             ("state", job.state.value),
             ("series instance UID", series.series_instance_uid),
             ("study instance UID", series.study_instance_uid),
+            *self._details_facts(job),
             ("series version", series.version),
             ("instances", f"{series.instance_count} ({series.byte_count / 1e6:.1f} MB)"),
             ("received", f"{_when(series.first_received_at)} … {_when(series.last_received_at)}"),
@@ -537,18 +581,75 @@ class Dashboard:
             ("files purged", _when(job.purged_at)),
             ("skip reason" if job.state == JobState.SKIPPED else "failure reason", job.failure_reason or ""),
         ]
+        landmarks = self._landmarks(job)
         return self._html(
             HTTPStatus.OK,
             "job.html",
             f"Job {job.id}",
             "jobs",
             job=self._job_view(job, now),
+            landmarks=landmarks,
+            preview=f"/api/jobs/{job.id}/preview.png" if landmarks else None,
             facts=facts,
             timings=[(stage, _seconds(s)) for stage, s in job.timings.items()],
             deliveries=[self._delivery_view(d) for d in job.deliveries],
             send_to=self.destinations if job.state == JobState.SUCCEEDED and job.purged_at is None else [],
             events=[{"at": _when(e.at), "kind": e.kind, "detail": e.detail or ""} for e in events],
         )
+
+    # --- results and patient data (spool files) -----------------------------------------------------
+
+    def _spool_path(self, relpath: str | None) -> Path | None:
+        """A ledger path inside the spool (the ledger's own values; a path leaving the spool is None)."""
+        return None if self.spool_dir is None else in_spool(self.spool_dir, relpath)
+
+    def _series_details(self, job: Job) -> SeriesDetails | None:
+        folder = self._spool_path(job.series.spool_path)
+        return None if folder is None else self._details.get(job.series.id, folder)
+
+    def _details_facts(self, job: Job) -> list[tuple[str, str]]:
+        if not self.show_patient_data:
+            return []
+        details = self._series_details(job)
+        if details is None:
+            return [("accession number", "(series no longer in the spool)")]
+        return [
+            ("accession number", details.accession_number),
+            ("series description", details.series_description),
+        ]
+
+    def _landmarks(self, job: Job) -> list[LandmarkRow] | None:
+        """A SUCCEEDED job's landmarks while its files are in the spool; otherwise None."""
+        if job.state != JobState.SUCCEEDED or job.purged_at is not None:
+            return None
+        out_dir = self._spool_path(job.output_path)
+        return None if out_dir is None else read_landmarks(out_dir)
+
+    def _preview(self, job_id: int) -> DashboardResponse:
+        try:
+            job = self.ledger.get_job(job_id)
+        except NotFound as exc:
+            return _error(HTTPStatus.NOT_FOUND, str(exc))
+        landmarks = self._landmarks(job)
+        series_dir = self._spool_path(job.series.spool_path)
+        if landmarks is None or series_dir is None:
+            why = "its files were removed" if job.purged_at else f"it is {job.state.value}, with no results"
+            return _error(HTTPStatus.NOT_FOUND, f"job {job_id} has no preview: {why}")
+        with self._preview_lock:
+            png = self._previews.get(job_id)
+            if png is None:
+                try:
+                    png = render_preview(series_dir, landmarks)
+                except PreviewUnavailable as exc:
+                    return _error(HTTPStatus.NOT_FOUND, f"job {job_id} has no preview: {exc}")
+                self._previews[job_id] = png
+                while len(self._previews) > PREVIEW_CACHE:
+                    self._previews.popitem(last=False)
+            else:
+                self._previews.move_to_end(job_id)
+        headers = dict(SECURITY_HEADERS)
+        headers["Cache-Control"] = f"private, max-age={PREVIEW_MAX_AGE_S}"
+        return DashboardResponse(HTTPStatus.OK, png, "image/png", headers)
 
     def _system(self) -> dict[str, Any]:
         return self.system_status() if self.system_status is not None else {"available": False}

@@ -9,8 +9,10 @@
   the ledger and the disk are refreshed at each scrape.
 * ``/``, ``/dashboard...`` and ``/api/...``: the admin dashboard (:mod:`agent.web.dashboard`), when given one.
 
-Nothing here reads DICOM or patient data. A stdlib :class:`~http.server.ThreadingHTTPServer` is enough:
-the endpoint serves a scraper and a load balancer's probes, not users.
+The health and metrics answers read no DICOM and no patient data (the dashboard's job pages read a job's
+files in the spool: :mod:`agent.web.preview`, :mod:`agent.web.patient_data`). A stdlib
+:class:`~http.server.ThreadingHTTPServer` is enough: the endpoint serves a scraper and a load balancer's
+probes, not users.
 """
 
 from __future__ import annotations
@@ -240,7 +242,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", "no-store")
+        if "Cache-Control" not in (headers or {}):
+            self.send_header("Cache-Control", "no-store")
         for name, value in (headers or {}).items():
             self.send_header(name, value)
         self.end_headers()
@@ -283,6 +286,8 @@ class HealthServer:
         if dashboard is not None:
             dashboard.destinations = list(self.destination_names)
             dashboard.system_status = self.system_status
+            dashboard.spool_dir = Path(settings.storage.spool_dir)
+            dashboard.show_patient_data = settings.http.show_patient_data
         self.readiness = Readiness(
             settings, ledger, model_loaded=model_loaded, extra_checks=extra_checks, disk_probe=disk_probe
         )

@@ -126,7 +126,11 @@ def read_only(settings: Settings, ledger: Ledger, jobs: Jobs) -> Iterator[Health
 class Reply:
     status: int
     headers: dict[str, str]
-    body: str
+    raw: bytes
+
+    @property
+    def body(self) -> str:
+        return self.raw.decode()
 
     def json(self) -> dict:
         assert self.headers["Content-Type"] == "application/json"
@@ -148,9 +152,9 @@ def call(
     opener = urllib.request.build_opener(_NoRedirect)
     try:
         with opener.open(request, timeout=10) as response:
-            return Reply(response.status, dict(response.headers), response.read().decode())
+            return Reply(response.status, dict(response.headers), response.read())
     except urllib.error.HTTPError as error:
-        return Reply(error.code, dict(error.headers), error.read().decode())
+        return Reply(error.code, dict(error.headers), error.read())
 
 
 # --- pages ----------------------------------------------------------------------------------------------

@@ -135,3 +135,34 @@ def test_an_admin_retries_a_failed_job_and_a_delivery_in_the_browser(
         pixels = imread(str(tmp_path / name))[..., :3]
         assert pixels.shape[0] >= 600 and pixels.shape[1] >= 800, name
         assert pixels.std() > 0.05 and len(np.unique(pixels.reshape(-1, 3), axis=0)) > 50, name
+
+
+def test_a_finished_jobs_landmarks_and_preview_in_the_browser(
+    browser: Any, ledger: Ledger, tmp_path: Path
+) -> None:
+    """The job's page in Chromium: the landmark table, and the preview PNG loaded (CSP allows it)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from tests.agent.web.test_dashboard_results import VERTEBRAE, build, serve
+
+    scenario = build(ledger, tmp_path / "spool")
+    server = serve(scenario, ledger, show_patient_data=False)
+    try:
+        browser.get(f"{server.url}/dashboard/jobs/{scenario.succeeded}")
+        rows = browser.find_elements(By.CSS_SELECTOR, "tr[data-landmark]")
+        assert [r.find_element(By.TAG_NAME, "td").text for r in rows] == [v[0] for v in VERTEBRAE]
+        assert rows[0].text == "L1 92.0, 79.0, -40.5 90 %"
+        image = browser.find_element(By.CSS_SELECTOR, "figure.preview img")
+        WebDriverWait(browser, 15).until(
+            lambda driver: driver.execute_script("return arguments[0].complete", image)
+        )
+        size = browser.execute_script("return [arguments[0].naturalWidth, arguments[0].naturalHeight]", image)
+        assert size == [228, 320]  # decoded by the browser, not a broken image
+        assert image.size["height"] == 320
+        browser.save_screenshot(str(tmp_path / "job-results.png"))
+        docs_copy = os.environ.get("SPINE_AGENT_DASHBOARD_RESULTS_SCREENSHOT")
+        if docs_copy:
+            browser.save_screenshot(docs_copy)
+    finally:
+        server.stop()
