@@ -152,7 +152,7 @@ def test_a_finished_jobs_landmarks_and_preview_in_the_browser(
         browser.get(f"{server.url}/dashboard/jobs/{scenario.succeeded}")
         rows = browser.find_elements(By.CSS_SELECTOR, "tr[data-landmark]")
         assert [r.find_element(By.TAG_NAME, "td").text for r in rows] == [v[0] for v in VERTEBRAE]
-        assert rows[0].text == "L1 92.0, 79.0, -40.5 90 %"
+        assert rows[0].text == "L1 92.0, 79.1, -40.5 90 %"
         image = browser.find_element(By.CSS_SELECTOR, "figure.preview img")
         WebDriverWait(browser, 15).until(
             lambda driver: driver.execute_script("return arguments[0].complete", image)

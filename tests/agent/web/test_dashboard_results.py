@@ -103,7 +103,10 @@ def build(ledger: Ledger, spool: Path) -> Scenario:
         out = spool / "outgoing" / str(job_id)
         out.mkdir(parents=True)
         landmarks = [
-            Landmark(label, position(SPINE_COL, sum(SPINE_ROWS) / 2 - 0.5, centre - 0.5), 0.9 - 0.1 * n)
+            # Not on the 0.1 mm grid (92.04, 79.06, -40.53 mm): the dashboard rounds as the SR does.
+            Landmark(
+                label, position(SPINE_COL + 0.02, sum(SPINE_ROWS) / 2 - 0.47, centre - 0.49), 0.9 - 0.1 * n
+            )
             for n, (_name, label, centre) in enumerate(VERTEBRAE)
         ]
         result = Result(np.zeros(volume.shape, np.uint8), landmarks, model_version="test")
@@ -172,8 +175,8 @@ def test_the_job_page_lists_the_landmarks_and_shows_the_preview(
     rows = re.findall(r'<tr data-landmark="(\w+)"><td>\w+</td><td class="num">([^<]+)</td>'
                       r'<td class="num">(\d+) %</td></tr>', body)
     # Positions to 0.1 mm and certainty as a whole percentage, as the SR states them.
-    assert rows == [("L1", "92.0, 79.0, -40.5", "90"), ("L2", "92.0, 79.0, -76.5", "80"),
-                    ("L3", "92.0, 79.0, -112.5", "70")]
+    assert rows == [("L1", "92.0, 79.1, -40.5", "90"), ("L2", "92.0, 79.1, -76.5", "80"),
+                    ("L3", "92.0, 79.1, -112.5", "70")]
     assert f'<img src="/api/jobs/{scenario.succeeded}/preview.png"' in body
     for job_id in (scenario.failed, scenario.purged):  # no results to show
         page = call(server, f"/dashboard/jobs/{job_id}").body
@@ -184,7 +187,7 @@ def test_the_api_gives_the_landmarks_and_the_preview_link(server: HealthServer, 
     data = json.loads(call(server, f"/api/jobs/{scenario.succeeded}").body)
     assert data["preview"] == f"/api/jobs/{scenario.succeeded}/preview.png"
     assert data["landmarks"][1] == {
-        "label": 21, "name": "L2", "position_lps_mm": [92.0, 79.0, -76.5], "certainty_percent": 80
+        "label": 21, "name": "L2", "position_lps_mm": [92.0, 79.1, -76.5], "certainty_percent": 80
     }
     for job_id in (scenario.failed, scenario.purged):
         data = json.loads(call(server, f"/api/jobs/{job_id}").body)
