@@ -5,6 +5,7 @@ expectations."""
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -105,3 +106,51 @@ def test_label_chain_drop_list_empty_chain_and_drops_in_a_row() -> None:
     assert res.labels[0] == T12 and res.labels[-1] == L1
     assert res.labels[1:-1] == [None] * MAX_DROPPED_IN_A_ROW
     assert res.cost == pytest.approx(-2 * math.log(0.5) + 1.0 * MAX_DROPPED_IN_A_ROW)
+
+
+def test_drop_costs_of_a_saturated_level_head_without_numpy_warnings() -> None:
+    # A softmax in float32 gives p_none of exactly 0 or 1: the cost is the capped one (base + 6, base + 0)
+    # and no "divide by zero" RuntimeWarning reaches the agent's log (p is clipped to 1e-6..1-1e-6 first).
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = drop_costs(np.array([0.0, 1.0]), ChainPrior(drop_cost=3.0))
+    assert got == pytest.approx([9.0, 3.0])
+
+
+def test_label_chain_fits_the_patient_size() -> None:
+    # L1..L5 42 mm apart: 1.2 x the fallback "L" spacing (35, 5.5). Per scale s the cost is the unary
+    # terms + 4 x 0.5 ((42 - 35 s) / (5.5 s))^2 + SCALE_COST ln(s)^2 / 0.01; over SCALES the least is at
+    # s = 1.05 (2.129 + unary; s = 1.0: 3.240, s = 1.1: 2.486, s = 1.2: 6.648).
+    labels = [L1, L2, 22, 23, 24]
+    pos = np.array([[0.0, 0.0, -42.0 * i] for i in range(5)])
+    logp = np.log(np.where(np.eye(5) > 0, 0.9, 0.025))
+    res = label_chain(pos, logp, labels)
+    assert res.labels == labels
+    spacing = 4 * 0.5 * ((42.0 - 35.0 * 1.05) / (5.5 * 1.05)) ** 2
+    assert res.cost == pytest.approx(-5 * math.log(0.9) + spacing + SCALE_COST * math.log(1.05) ** 2 / 0.01)
+
+
+def test_label_chain_never_drops_more_than_max_in_a_row_between_named_vertebrae() -> None:
+    # L1, then MAX_DROPPED_IN_A_ROW + 1 detections that are no vertebra (free to drop), then L2 35 mm
+    # below (the fallback spacing: free). Dropping all the middle ones is not allowed, naming one of them
+    # costs 50, so the best chain names L1 and drops everything after it, L2 included (100).
+    n = MAX_DROPPED_IN_A_ROW + 3
+    pos = np.array([[0.0, 0.0, -35.0 * t / (n - 1)] for t in range(n)])
+    logp = np.full((n, 2), -50.0)
+    logp[0] = [0.0, -50.0]
+    logp[-1] = [-50.0, 0.0]
+    drop = [100.0] + [0.0] * (n - 2) + [100.0]
+    res = label_chain(pos, logp, [L1, L2], ChainPrior(), drop=drop)
+    assert res.labels == [L1] + [None] * (n - 1)
+    assert res.cost == pytest.approx(100.0)
+
+
+def test_label_chain_with_impossible_labels() -> None:
+    # log p = -inf (a probability of exactly 0) for the first label in column order: the chain goes on
+    # from the labels that remain possible instead of stopping at the impossible one.
+    labels = [T12, L1, L2]
+    with np.errstate(divide="ignore"):
+        logp = np.log(np.array([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]))
+    res = label_chain(np.array([[0.0, 0.0, 0.0], [0.0, 0.0, -35.0]]), logp, labels)
+    assert res.labels == [L1, L2]
+    assert res.cost == pytest.approx(0.0)
