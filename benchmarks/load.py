@@ -9,6 +9,9 @@ imports. Loaders alternate:
   from ``GetGDCMSeriesFileNames``: int32 for the suite's series (int16 stored values, GDCM applies the
   Rescale Intercept of -1024 and widens them), so as large as ours;
 * ``sitk+float32`` - the same, then a float32 numpy copy: the like-for-like peer for memory.
+
+The same three on the JPEG-LS and JPEG 2000 copies of the series (``receive.compress_series``): ours
+decodes through pydicom (pyjpegls / pylibjpeg-openjpeg), SimpleITK through GDCM (CharLS / OpenJPEG).
 """
 
 from __future__ import annotations
@@ -65,15 +68,20 @@ def _runner(loader: str, directory: Path):  # noqa: ANN202
     return run
 
 
-def bench(directory: Path, slices: int, runs: int) -> list[Figure]:
-    samples = interleave(runs, [(name, _runner(name, directory)) for name in LOADERS])
+def bench(
+    directory: Path, slices: int, runs: int, label: str = "", loaders: tuple[str, ...] = LOADERS
+) -> list[Figure]:
+    """``label`` names a compressed copy of the series (e.g. "JPEG-LS lossless"); '': uncompressed.
+    ``loaders``: ours and the peers to run (``--quick`` leaves ``sitk+float32`` out for the copies)."""
+    what = f"{slices} slices" + (f" {label}" if label else "")
+    samples = interleave(runs, [(name, _runner(name, directory)) for name in loaders])
     ours = samples["load_series"]
     figures = []
-    for peer in ("sitk", "sitk+float32"):
+    for peer in [p for p in loaders if p != "load_series"]:
         figures.append(
             Figure(
                 section="load",
-                name=f"{slices} slices, seconds",
+                name=f"{what}, seconds",
                 unit="s",
                 ours=median_of(ours, "seconds"),
                 peer=median_of(samples[peer], "seconds"),
@@ -88,7 +96,7 @@ def bench(directory: Path, slices: int, runs: int) -> list[Figure]:
         figures.append(
             Figure(
                 section="load",
-                name=f"{slices} slices, peak RSS",
+                name=f"{what}, peak RSS",
                 unit="MiB",
                 ours=median_of(ours, "peak_mib"),
                 peer=median_of(samples[peer], "peak_mib"),

@@ -1,8 +1,8 @@
 """The benchmark suite: every figure a ratio against a peer measured in the same run (docs/performance.md).
 
     .venv/bin/python -m benchmarks            # full: 400-slice series, 5 interleaved runs each
-    .venv/bin/python -m benchmarks --quick    # 100-slice series, 64-slice engine volume, 3 runs each,
-                                              # no phantom section
+    .venv/bin/python -m benchmarks --quick    # 100-slice series, 64-slice engine volume, 3 runs each
+                                              # (engine 1), 1 series end to end, no phantom section
     .venv/bin/python -m benchmarks --sections receive,load --runs 7
 
 Prints a table (median of the runs; ratio = ours / peer) and appends one JSON line to
@@ -25,7 +25,7 @@ from typing import Any
 
 from benchmarks.common import RESULTS, Figure, append_record, git_commit, machine, now_iso
 
-SECTIONS = ("receive", "load", "ledger", "engine", "phantom")
+SECTIONS = ("receive", "load", "ledger", "engine", "e2e", "phantom")
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,18 @@ class Config:
     engine_slices: int
     phantom_slices: int
     engine_size: int = 512
+    #: Compressed copies of the receive/load series (names of ``benchmarks.receive.COMPRESSED``).
+    compressed: tuple[str, ...] = ("jpeg-ls", "jpeg2000")
+    #: Series sent end to end (0: section skipped), and their slices x size x size phantom.
+    e2e_series: int = 5
+    e2e_slices: int = 48
+    e2e_size: int = 256
+    #: Runs of the engine section (each one ``predict`` in a fresh process).
+    engine_runs: int = 5
+    #: Whether receive also runs storescp as installed (Nagle on; for information, no goal).
+    installed_peer: bool = True
+    #: Whether the compressed copies are also loaded by SimpleITK + a float32 copy (the memory peer).
+    compressed_float32_peer: bool = True
 
 
 FULL = Config(
@@ -47,12 +59,14 @@ FULL = Config(
 )
 QUICK = Config(
     runs=3, slices=100, size=512, associations=(1, 4), ledger_jobs=100, ledger_workers=(1, 2, 4),
-    engine_slices=64, phantom_slices=0,
+    engine_slices=64, phantom_slices=0, e2e_series=1, engine_runs=1, installed_peer=False,
+    compressed_float32_peer=False,
 )
 #: The smallest configuration that exercises every part end to end (the suite's own test).
 SMOKE = Config(
     runs=3, slices=12, size=64, associations=(1, 2), ledger_jobs=12, ledger_workers=(1, 2),
-    engine_slices=12, phantom_slices=0, engine_size=64,
+    engine_slices=12, phantom_slices=0, engine_size=64, e2e_series=1, e2e_slices=24, e2e_size=128,
+    engine_runs=3,
 )
 
 UNDER_LOAD = (
@@ -77,6 +91,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument(
         "--phantom-slices", type=int, help="N of the 512x512xN phantom (full 400; quick: 0, skipped)"
     )
+    ap.add_argument(
+        "--compressed", help="comma-separated compressed copies for receive/load (jpeg-ls,jpeg2000; none)"
+    )
+    ap.add_argument("--engine-runs", type=int, help="engine runs (full 5, quick 1)")
+    ap.add_argument(
+        "--installed-peer", action=argparse.BooleanOptionalAction, default=None,
+        help="receive also against storescp as installed, Nagle on (full: yes, quick: no)",
+    )
+    ap.add_argument("--e2e-series", type=int, help="series sent end to end (full 5, quick 1; 0 skips)")
     ap.add_argument("--results-dir", type=Path, default=RESULTS, help="where results.jsonl is appended to")
     ap.add_argument("--workdir", type=Path, help="scratch folder (default: a temporary one, removed after)")
     ap.add_argument("--note", default="", help="free text stored with the record (e.g. 'machine under load')")
@@ -84,6 +107,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     unknown = set(args.sections.split(",")) - set(SECTIONS)
     if unknown:
         ap.error(f"unknown sections {sorted(unknown)}; choose from {SECTIONS}")
+    if args.compressed and args.compressed != "none":
+        from benchmarks.receive import COMPRESSED
+
+        bad = set(args.compressed.split(",")) - set(COMPRESSED)
+        if bad:
+            ap.error(f"unknown compressed syntaxes {sorted(bad)}; choose from {tuple(COMPRESSED)} or none")
     return args
 
 
@@ -100,6 +129,14 @@ def config_of(args: argparse.Namespace) -> Config:
         engine_slices=args.engine_slices if args.engine_slices is not None else base.engine_slices,
         phantom_slices=args.phantom_slices if args.phantom_slices is not None else base.phantom_slices,
         engine_size=base.engine_size,
+        compressed=base.compressed if args.compressed is None
+        else () if args.compressed == "none" else tuple(args.compressed.split(",")),
+        e2e_series=args.e2e_series if args.e2e_series is not None else base.e2e_series,
+        e2e_slices=base.e2e_slices,
+        e2e_size=base.e2e_size,
+        engine_runs=args.engine_runs or args.runs or base.engine_runs,
+        installed_peer=base.installed_peer if args.installed_peer is None else args.installed_peer,
+        compressed_float32_peer=base.compressed_float32_peer,
     )
 
 
@@ -139,6 +176,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         sections.remove("engine")
     if cfg.phantom_slices <= 0 and "phantom" in sections:
         sections.remove("phantom")
+    if cfg.e2e_series <= 0 and "e2e" in sections:
+        sections.remove("e2e")
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="spine-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -147,13 +186,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     timings: dict[str, float] = {}
     try:
         series = None
+        compressed: dict[str, Any] = {}
         if "receive" in sections or "load" in sections:
-            from benchmarks.receive import write_series
+            from benchmarks.receive import compress_series, write_series
 
             t = time.perf_counter()
             series = write_series(workdir / "series", cfg.slices, cfg.size)
             print(f"series: {len(series.files)} x {cfg.size}x{cfg.size} CT, {series.nbytes / 1e6:.0f} MB "
                   f"(written in {time.perf_counter() - t:.1f} s)", flush=True)
+            for syntax in cfg.compressed:
+                t = time.perf_counter()
+                compressed[syntax] = compress_series(series, workdir / f"series-{syntax}", syntax)
+                print(f"series {syntax}: {compressed[syntax].nbytes / 1e6:.0f} MB "
+                      f"(encoded in {time.perf_counter() - t:.1f} s)", flush=True)
         for section in sections:
             t = time.perf_counter()
             print(f"[{section}] running ...", flush=True)
@@ -163,12 +208,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 assert series is not None
                 if shutil.which("storescu") is None or shutil.which("storescp") is None:
                     raise SystemExit("receive needs DCMTK storescu and storescp on PATH")
-                figures += receive.bench(series, workdir / "receive", cfg.runs, cfg.associations, cfg.size)
+                figures += receive.bench(
+                    series, workdir / "receive", cfg.runs, cfg.associations, cfg.size, cfg.installed_peer
+                )
+                figures += receive.bench_compressed(
+                    compressed, workdir / "receive", cfg.runs, series.nbytes / 1e6
+                )
             elif section == "load":
                 from benchmarks import load
 
                 assert series is not None
+                from benchmarks.receive import COMPRESSED
+
                 figures += load.bench(series.folder, len(series.files), cfg.runs)
+                loaders = load.LOADERS if cfg.compressed_float32_peer else ("load_series", "sitk")
+                for syntax, copy in compressed.items():
+                    figures += load.bench(
+                        copy.folder, len(copy.files), cfg.runs, COMPRESSED[syntax][1], loaders
+                    )
             elif section == "ledger":
                 from benchmarks import ledger_bench
 
@@ -176,7 +233,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             elif section == "engine":
                 from benchmarks import engine_bench
 
-                figures += engine_bench.bench(workdir, cfg.engine_slices, cfg.runs, cfg.engine_size)
+                figures += engine_bench.bench(workdir, cfg.engine_slices, cfg.engine_runs, cfg.engine_size)
+            elif section == "e2e":
+                from benchmarks import e2e
+
+                if shutil.which("storescp") is None:
+                    raise SystemExit("e2e needs DCMTK storescp on PATH")
+                figures += e2e.bench(workdir / "e2e", cfg.e2e_series, cfg.e2e_slices, cfg.e2e_size)
             elif section == "phantom":
                 from benchmarks import phantom_bench
 
