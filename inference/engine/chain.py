@@ -33,13 +33,13 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from dicom_io.labels import ANATOMICAL_ORDER
+from dicom_io.labels import ANATOMICAL_ORDER, LABEL_BY_NAME
 
-T11, T12, T13, L1, L5, L6 = 18, 19, 28, 20, 24, 25
+T11, T12, T13, L1, L5, L6 = (LABEL_BY_NAME[n] for n in ("T11", "T12", "T13", "L1", "L5", "L6"))
 #: Anatomical rank of each label (T13 between T12 and L1).
 RANK = {lab: i for i, lab in enumerate(ANATOMICAL_ORDER)}
 #: The standard chain (no T13, no L6).
-STANDARD_CHAIN: tuple[int, ...] = (*range(1, 20), *range(20, 25))
+STANDARD_CHAIN: tuple[int, ...] = tuple(lab for lab in ANATOMICAL_ORDER if lab not in (T13, L6))
 _NEXT = {a: b for a, b in zip(STANDARD_CHAIN[:-1], STANDARD_CHAIN[1:], strict=True)}
 _NEXT[T13] = L1
 _NEXT[L5] = L6

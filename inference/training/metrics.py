@@ -15,14 +15,15 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
+from dicom_io.labels import ANATOMICAL_ORDER, vertebra_name
+
 #: VerSe identification threshold (mm), from the challenge evaluation code.
 ID_THRESHOLD_MM = 20.0
 
 #: Regions used for per-region reporting (T13 counts as thoracic, L6 as lumbar).
 REGIONS: dict[str, tuple[int, ...]] = {
-    "cervical": tuple(range(1, 8)),
-    "thoracic": (*range(8, 20), 28),
-    "lumbar": tuple(range(20, 26)),
+    region: tuple(lab for lab in ANATOMICAL_ORDER if vertebra_name(lab)[0] == letter)
+    for region, letter in (("cervical", "C"), ("thoracic", "T"), ("lumbar", "L"))
 }
 
 Centroids = Mapping[int, "npt.ArrayLike"]
