@@ -18,7 +18,7 @@ import pytest
 
 from inference.phantoms import Phantom, generate_phantom, write_dicom_series
 from inference.phantoms.dicom_writer import SeriesInfo, series_info
-from storage import Ledger
+from storage import Job, JobState, Ledger
 from tests.conftest import free_port, require_tool
 from tests.integration.orthanc import orthanc  # noqa: F401  (fixture)
 
@@ -161,3 +161,19 @@ def wait_for(predicate, timeout_s: float, poll_s: float = 0.5, what: str = "cond
 
 def read_json(path: Path) -> dict:  # type: ignore[type-arg]
     return json.loads(path.read_text())
+
+
+def run_one_series(agent: AgentProcess, files: list[Path]) -> Job:
+    """Start ``agent``, send it ``files`` with storescu and wait for its one job: SUCCEEDED, read afresh."""
+    agent.start()
+    storescu(agent.dicom_port, files)
+    ledger = agent.ledger()
+    wait_for(
+        lambda: any(j.state in (JobState.SUCCEEDED, JobState.FAILED) for j in ledger.list_jobs()),
+        300,
+        what="the job to finish",
+    )
+    (job,) = ledger.list_jobs()
+    job = ledger.get_job(job.id)
+    assert job.state == JobState.SUCCEEDED, job.failure_reason
+    return job

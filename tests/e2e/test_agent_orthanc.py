@@ -17,6 +17,7 @@ from tests.e2e.conftest import (
     PhantomSeries,
     make_agent,
     read_json,
+    run_one_series,
     storescu,
     wait_for,
 )
@@ -43,18 +44,8 @@ def test_series_in_seg_and_sr_out_to_orthanc(
 ) -> None:
     agent = make_agent(tmp_path / "agent", orthanc.dicom_port)
     agent_factory.append(agent)
-    agent.start()
-    storescu(agent.dicom_port, phantom_series.files)
-
+    job = run_one_series(agent, phantom_series.files)
     ledger = agent.ledger()
-    wait_for(
-        lambda: any(j.state in (JobState.SUCCEEDED, JobState.FAILED) for j in ledger.list_jobs()),
-        300,
-        what="the job to finish",
-    )
-    (job,) = ledger.list_jobs()
-    job = ledger.get_job(job.id)
-    assert job.state == JobState.SUCCEEDED, job.failure_reason
     assert job.attempts == 1
     wait_for(
         lambda: all(d.state == DeliveryState.DELIVERED for d in ledger.list_deliveries(job.id)),

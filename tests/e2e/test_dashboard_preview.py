@@ -17,9 +17,8 @@ import pytest
 from PIL import Image
 
 from agent.web.preview import MAX_PX, POINT_RGB
-from storage import JobState
 from tests.conftest import free_port
-from tests.e2e.conftest import AgentProcess, PhantomSeries, make_agent, read_json, storescu, wait_for
+from tests.e2e.conftest import AgentProcess, PhantomSeries, make_agent, read_json, run_one_series
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -41,16 +40,7 @@ def test_the_dashboard_shows_a_finished_jobs_landmarks_and_preview(
     # The destination is a closed port: the deliveries wait, the job is SUCCEEDED all the same.
     agent = make_agent(tmp_path / "agent", free_port())
     agent_factory.append(agent)
-    agent.start()
-    storescu(agent.dicom_port, phantom_series.files)
-    ledger = agent.ledger()
-    wait_for(
-        lambda: any(j.state in (JobState.SUCCEEDED, JobState.FAILED) for j in ledger.list_jobs()),
-        300,
-        what="the job to finish",
-    )
-    (job,) = ledger.list_jobs()
-    assert job.state == JobState.SUCCEEDED, job.failure_reason
+    job = run_one_series(agent, phantom_series.files)
     engine = read_json(agent.directory / "spool" / str(job.output_path) / "landmarks.json")["landmarks"]
 
     # The job's page lists what the engine found, as the SR states it (0.1 mm, whole percentages).
