@@ -225,6 +225,9 @@ def send_files(
         if assoc.is_rejected:
             reason = rejection[0] if rejection else "no reason given"
             raise AssociationFailed(f"{destination} rejected the association ({reason})")
+        if assoc.rejected_contexts and not assoc.accepted_contexts:
+            # The peer accepted the association but none of the contexts; pynetdicom then aborts it.
+            raise AssociationFailed(f"{destination} accepted none of the proposed presentation contexts")
         if tls_failure is not None:
             raise AssociationFailed(f"no association with {destination} over TLS: {tls_failure}")
         raise AssociationFailed(
@@ -232,8 +235,6 @@ def send_files(
         )
     try:
         accepted = {str(cx.abstract_syntax) for cx in assoc.accepted_contexts}
-        if not accepted:
-            raise AssociationFailed(f"{destination} accepted none of the proposed presentation contexts")
         for item in items:
             result = _store_one(assoc, item, accepted)
             results.append(result)

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, evt
+from sqlalchemy import text
 
 from agent.service.manifest import write_manifest
 from agent.service.sender import run_due_deliveries
@@ -115,7 +116,8 @@ def test_a_retry_sends_only_what_the_destination_has_not_stored(
     assert dest.stored == [uids[0], uids[2], uids[1], uids[3]]  # each instance exactly once
     assert second.state == DeliveryState.DELIVERED and second.attempts == 2
     assert sorted(second.sent_instances) == sorted(uids)
-    assert second.finished_at is not None
+    assert second.last_status == 0x0000 and second.last_error is None
+    assert second.finished_at == T0 + timedelta(seconds=10)  # the attempt's time, not the wall clock
 
     assert run_due_deliveries(ledger, settings, spool, now=T0 + timedelta(days=1)) == []  # done: never again
     assert len(dest.stored) == 4
@@ -289,3 +291,136 @@ def test_a_crashing_attempt_is_logged_with_its_delivery_and_the_loop_goes_on(
     (delivered,) = [r for r in caplog.records if "delivered" in r.getMessage()]
     assert delivered.getMessage() == f"delivery {done[0].id}: delivered to b"
     assert (delivered.delivery_id, delivered.destination) == (done[0].id, "b")  # type: ignore[attr-defined]
+
+
+# --- a crash mid-delivery, deliveries that cannot be sent, what the log says -------------------------------
+
+
+def test_a_crash_after_the_stores_keeps_what_was_stored_and_the_lease_then_lets_the_rest_go(
+    dest: Destination_SCP, ct_series: CTSeries, ledger: Ledger, ledger_url: str, tmp_path: Path
+) -> None:
+    """Every instance is stored, then recording the attempt crashes: each Success was already recorded as it
+    arrived, and the delivery is due again exactly when the claim's lease ends, sending nothing twice."""
+    spool = Spool(tmp_path / "spool")
+    uids = [str(ds.SOPInstanceUID) for ds in ct_series.datasets[:3]]
+    _job_with_outputs(ledger, spool, ct_series.files[:3])
+    settings = _settings(spool, dest.port)
+
+    class CrashingLedger(Ledger):  # the agent dies between the last C-STORE and the attempt's record
+        def record_delivery_attempt(self, *args: Any, **kwargs: Any) -> Delivery:
+            raise RuntimeError("injected crash")
+
+    crashing = CrashingLedger(ledger_url)
+    try:
+        assert run_due_deliveries(crashing, settings, spool, now=T0) == []
+    finally:
+        crashing.close()
+    (row,) = ledger.list_deliveries()
+    assert row.state == DeliveryState.PENDING and row.attempts == 0
+    assert sorted(row.sent_instances) == sorted(uids)  # recorded per instance, before the crash
+    lease = timedelta(seconds=settings.delivery.lease_s)
+    assert row.next_attempt_at == T0 + lease
+    assert run_due_deliveries(ledger, settings, spool, now=T0 + lease - timedelta(seconds=1)) == []
+
+    again = _attempt(ledger, settings, spool, T0 + lease)
+    assert again.state == DeliveryState.DELIVERED and again.attempts == 1
+    assert dest.stored == uids  # nothing sent twice
+
+
+def _fails_at_once(
+    ledger: Ledger, settings: Settings, spool: Spool, dest: Destination_SCP, error: str
+) -> None:
+    row = _attempt(ledger, settings, spool, T0)
+    assert (row.state, row.attempts, row.last_error) == (DeliveryState.FAILED, 1, error)  # max_attempts is 5
+    assert row.finished_at == T0 and dest.stored == []
+
+
+def test_a_destination_no_longer_configured_fails_the_delivery(
+    dest: Destination_SCP, ct_series: CTSeries, ledger: Ledger, tmp_path: Path
+) -> None:
+    spool = Spool(tmp_path / "spool")
+    _job_with_outputs(ledger, spool, ct_series.files[:1])
+    settings = _settings(spool, dest.port)
+    settings.destinations = [Destination(name="other", ae_title="DEST", host="127.0.0.1", port=dest.port)]
+    _fails_at_once(ledger, settings, spool, dest, "destination 'pacs' is not configured")
+
+
+def test_a_purged_job_fails_its_delivery(
+    dest: Destination_SCP, ct_series: CTSeries, ledger: Ledger, tmp_path: Path
+) -> None:
+    spool = Spool(tmp_path / "spool")
+    job_id = _job_with_outputs(ledger, spool, ct_series.files[:1])
+    with ledger.engine.begin() as conn:  # retention never purges a job with a PENDING delivery: forced here
+        conn.execute(text("UPDATE job SET purged_at = :at WHERE id = :id"), {"at": T0, "id": job_id})
+    _fails_at_once(
+        ledger, _settings(spool, dest.port), spool, dest, f"job {job_id} has no output files to send"
+    )
+
+
+def test_an_output_path_outside_the_spool_fails_the_delivery(
+    dest: Destination_SCP, ct_series: CTSeries, ledger: Ledger, tmp_path: Path
+) -> None:
+    spool = Spool(tmp_path / "spool")
+    job_id = _job_with_outputs(ledger, spool, ct_series.files[:1])
+    with ledger.engine.begin() as conn:
+        conn.execute(text("UPDATE job SET output_path = '../elsewhere' WHERE id = :id"), {"id": job_id})
+    _fails_at_once(
+        ledger,
+        _settings(spool, dest.port),
+        spool,
+        dest,
+        f"job {job_id}: bad output path: "
+        "spool path '../elsewhere' must be relative and stay inside the spool",
+    )
+
+
+def test_an_empty_manifest_fails_the_delivery(dest: Destination_SCP, ledger: Ledger, tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    job_id = succeeded_job(ledger, spool, lambda out: write_manifest(out, []), T0)
+    _fails_at_once(
+        ledger, _settings(spool, dest.port), spool, dest, f"job {job_id}: no DICOM files in its output folder"
+    )
+
+
+def test_each_outcome_is_logged_with_its_delivery(
+    dest: Destination_SCP,
+    ct_series: CTSeries,
+    ledger: Ledger,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    spool = Spool(tmp_path / "spool")
+    uids = [str(ds.SOPInstanceUID) for ds in ct_series.datasets[:2]]
+    _job_with_outputs(ledger, spool, ct_series.files[:2])
+    settings = _settings(spool, dest.port)
+    destination = f"DEST@127.0.0.1:{dest.port}"
+
+    def records() -> list[tuple[int, str, Any, Any]]:
+        found = [
+            (r.levelno, r.getMessage(), getattr(r, "delivery_id", None), getattr(r, "destination", None))
+            for r in caplog.records
+            if r.name == "agent.service.sender"
+        ]
+        caplog.clear()
+        return found
+
+    with caplog.at_level(logging.INFO, logger="agent.service.sender"):
+        dest.answer = {uids[1]: 0xA700}
+        first = _attempt(ledger, settings, spool, T0)
+        stored = f"1/2 stored at {destination}; 01.dcm: status 0xA700"
+        assert records() == [
+            (logging.INFO, f"C-STORE to {destination}: {stored}", None, None),
+            (
+                logging.INFO,
+                f"delivery {first.id}: will retry at {T0 + timedelta(seconds=10)}: {stored}",
+                first.id,
+                "pacs",
+            ),
+        ]
+        dest.answer = {uids[1]: 0xA900}
+        _attempt(ledger, settings, spool, T0 + timedelta(seconds=10))
+        refused = f"0/1 stored at {destination}; 01.dcm: status 0xA900"
+        assert records() == [
+            (logging.INFO, f"C-STORE to {destination}: {refused}", None, None),
+            (logging.WARNING, f"delivery {first.id}: failed: {refused}", first.id, "pacs"),
+        ]
