@@ -15,6 +15,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from dicom_io.result import Landmark, Result
+from dicom_io.seg import build_seg
 from dicom_io.volume import SourceReference, Volume, affine_from_geometry
 
 
@@ -141,3 +142,11 @@ def binary_result(volume: Volume, labels: tuple[int, ...] = (22, 23, 24)) -> Res
         timings=labelled.timings,
         model_version=labelled.model_version,
     )
+
+
+def write_seg(series: CTSeries, path: Path) -> Path:
+    """A column-only SEG of ``series`` (series number 9) saved at ``path``: a result file to send."""
+    build_seg(
+        series.volume, series.datasets, binary_result(series.volume), series_number=9, algorithm_version="v"
+    ).save_as(path)
+    return path

@@ -16,11 +16,10 @@ from agent.service.manifest import write_manifest
 from agent.service.sender import StoreResult, backoff_delay, run_due_deliveries, send_files
 from config import Destination, Settings
 from config.settings import DeliverySettings, StorageSettings
-from dicom_io.seg import build_seg
 from storage import DeliveryState, Ledger
 from storage.spool import Spool
 from tests.conftest import free_port
-from tests.dicom_io.ct_series import CTSeries, binary_result
+from tests.dicom_io.ct_series import CTSeries, write_seg
 from tests.support_ledger import succeeded_job
 
 
@@ -74,14 +73,7 @@ def test_uncompressed_files_are_reencoded_to_the_accepted_syntax(
 def test_per_file_statuses_and_refused_sop_class(
     scp: RecordingSCP, ct_series: CTSeries, tmp_path: Path
 ) -> None:
-    seg_path = tmp_path / "seg.dcm"
-    build_seg(
-        ct_series.volume,
-        ct_series.datasets,
-        binary_result(ct_series.volume),
-        series_number=9,
-        algorithm_version="v",
-    ).save_as(seg_path)
+    seg_path = write_seg(ct_series, tmp_path / "seg.dcm")
     refused = str(ct_series.datasets[1].SOPInstanceUID)
     scp.refuse = {refused}
     files = [*ct_series.files[:3], seg_path, tmp_path / "missing.dcm"]

@@ -29,8 +29,7 @@ from pynetdicom.association import Association
 
 from agent.service import sender
 from agent.service.sender import AssociationFailed, SendOutcome, StoreResult, send_files
-from dicom_io.seg import build_seg
-from tests.dicom_io.ct_series import CTSeries, binary_result
+from tests.dicom_io.ct_series import CTSeries, write_seg
 from tests.support import free_port
 
 Handler = Callable[[Any], Any]
@@ -116,14 +115,7 @@ def test_each_file_has_its_status_and_reason(
         return 0x0000
 
     scp = make_scp(handle)
-    seg = tmp_path / "seg.dcm"
-    build_seg(
-        ct_series.volume,
-        ct_series.datasets,
-        binary_result(ct_series.volume),
-        series_number=9,
-        algorithm_version="v",
-    ).save_as(seg)
+    seg = write_seg(ct_series, tmp_path / "seg.dcm")
     junk = tmp_path / "notes.txt"
     junk.write_text("not DICOM")
     stored: list[str] = []
