@@ -341,24 +341,16 @@ def trabecular_texture(spec: PhantomSpec, grid: Grid) -> F32 | None:
     if fine < 3.0 and coarse < 3.0:
         return None
     tile = np.zeros((32, 32, 32), dtype=np.float32)
-    if fine >= 3.0:
-        rng = stream(spec.seed, STREAM_NOISE + 10)
-        sigma = max(0.6, 0.4 / voxel)
-        part = ndimage.gaussian_filter(
-            rng.standard_normal((32, 32, 32), dtype=np.float32), sigma, mode="wrap"
-        )
-        tile += part * np.float32(fine / max(float(part.std()), 1e-6))
-    if coarse >= 3.0:
-        rng = stream(spec.seed, STREAM_NOISE + 11)
-        sigma_kji = (
-            max(0.8, 3.0 / grid.spacing[2]),
-            max(0.6, 1.0 / grid.spacing[1]),
-            max(0.6, 1.0 / grid.spacing[0]),
-        )
-        part = ndimage.gaussian_filter(
-            rng.standard_normal((32, 32, 32), dtype=np.float32), sigma_kji, mode="wrap"
-        )
-        tile += part * np.float32(coarse / max(float(part.std()), 1e-6))
+    sk, sj, si = grid.spacing[2], grid.spacing[1], grid.spacing[0]
+    parts = (  # (amplitude HU, random stream, Gaussian sigma in voxels: one, or per k j i axis)
+        (fine, STREAM_NOISE + 10, max(0.6, 0.4 / voxel)),
+        (coarse, STREAM_NOISE + 11, (max(0.8, 3.0 / sk), max(0.6, 1.0 / sj), max(0.6, 1.0 / si))),
+    )
+    for amplitude, which, sigma in parts:
+        if amplitude >= 3.0:
+            noise = stream(spec.seed, which).standard_normal((32, 32, 32), dtype=np.float32)
+            part = ndimage.gaussian_filter(noise, sigma, mode="wrap")
+            tile += part * np.float32(amplitude / max(float(part.std()), 1e-6))
     return tile
 
 
