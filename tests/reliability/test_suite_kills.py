@@ -287,6 +287,14 @@ def test_kill_mid_delivery_resumes_without_resending(tmp_path: Path) -> None:
         ledger = agent.ledger()
         wait_for(lambda: any(ledger.list_deliveries()), 30, 0.2, what="a delivery to be created")
         wait_for(lambda: sum(dest.held().values()) >= 1, 60, 0.2, what="the destination to store the SEG")
+        # Kill only once the agent has the SEG's Success on record: a kill between the destination writing
+        # the file and its response is the one window where a re-send is right (DICOM cannot ask).
+        wait_for(
+            lambda: any(d.sent_instances for d in ledger.list_deliveries()),
+            30,
+            0.1,
+            what="the SEG's Success recorded",
+        )
         agent.kill()
         (job,) = ledger.list_jobs()
         results = _result_uids(agent, ledger.get_job(job.id).output_path)
