@@ -95,6 +95,9 @@ class AnatomySpec(Protocol):
     def degeneration(self) -> float: ...
 
     @property
+    def posterior_bulk(self) -> float: ...
+
+    @property
     def fractures(self) -> tuple[int, ...]: ...
 
     @property
@@ -569,8 +572,12 @@ def _uncinate(lv: Level) -> list[Primitive]:
     return out
 
 
-def _posterior_generic(lv: Level, rng: np.random.Generator, sacralised: bool = False) -> list[Primitive]:
-    """Pedicles, laminae, articular and transverse processes, spinous process of C3-L6."""
+def _posterior_generic(lv: Level, rng: np.random.Generator, sacralised: bool = False,
+                       bulk: float = 1.0) -> list[Primitive]:
+    """Pedicles, laminae, articular and transverse processes, spinous process of C3-L6.
+
+    ``bulk`` scales the thickness of the laminae and the size of the thoracic and lumbar articular
+    pillars (superior and inferior articular processes joined by the pars interarticularis)."""
     d = lv.dims
     kind = lv.name[0]
     b = d.depth / 2
@@ -595,7 +602,7 @@ def _posterior_generic(lv: Level, rng: np.random.Generator, sacralised: bool = F
         # are tall, thick plates (lumbar ~20-25 mm high, 5-7 mm thick; thoracic ~0.75 of the body height)
         # that overlap the next level like roof tiles; thin struts read as a different arch.
         lam_h = {"C": 0.5, "T": 0.75, "L": 0.8}[kind] * d.height
-        lam_t = lt * (0.4 if kind == "C" else 0.55)
+        lam_t = lt * (0.4 if kind == "C" else 0.55 * bulk)
         prims.append(_segment_box(lv, j + [0, 0, -0.1 * d.height], root, lam_t, lam_h / 2, roll_deg=-18))
         gap = d.disc
         if kind == "C":
@@ -618,17 +625,23 @@ def _posterior_generic(lv: Level, rng: np.random.Generator, sacralised: bool = F
             )
         else:
             # Superior articular process (lateral, up) and inferior one (medial, down): facet joints.
+            # Real articular processes are chunky (thoracic ~10 mm tall and 5-6 mm thick, lumbar ~15 mm
+            # tall, 10-12 mm deep) and the pars interarticularis joins them into one articular pillar
+            # per side, a continuous column of bone in parasagittal views.
             if kind == "T":
                 sup_c = np.array([s * px, b + pl * 0.75, d.height / 2 + gap * 0.25])
-                sup = _rbox(lv, sup_c, _rot_x(20), [3.5, 1.6, 5.0], 1.5)
+                sup = _rbox(lv, sup_c, _rot_x(20), np.multiply([3.8, 2.0, 5.2], bulk), 1.5)
                 inf_c = np.array([s * px * 0.95, b + pl + 3.0, -d.height / 2 + 1.0])
-                inf = _rbox(lv, inf_c, _rot_x(20), [3.5, 1.6, 5.5], 1.5)
+                inf = _rbox(lv, inf_c, _rot_x(20), np.multiply([3.8, 2.0, 5.7], bulk), 1.5)
+                pars_r = 2.2 * bulk
             else:
                 sup_c = np.array([s * (px + 3.0), b + pl * 0.9, d.height / 2 - 1.0 + gap * 0.35])
-                sup = _rbox(lv, sup_c, _rot_z(-s * 25), [2.4, 5.5, 7.5], 2.0)
+                sup = _rbox(lv, sup_c, _rot_z(-s * 25), np.multiply([2.4, 5.5, 7.5], bulk), 2.0)
                 inf_c = np.array([s * (px - 5.0), b + pl + 4.5, -d.height / 2 + 1.0 - gap * 0.2])
-                inf = _rbox(lv, inf_c, _rot_z(-s * 25), [2.4, 5.0, 7.5], 2.0)
-            prims += [sup, inf]
+                inf = _rbox(lv, inf_c, _rot_z(-s * 25), np.multiply([2.4, 5.0, 7.5], bulk), 2.0)
+                pars_r = 2.4 * bulk
+            pars = Capsule(lv.to_world(sup_c + [0, 0, -2.0]), lv.to_world(inf_c + [0, 0, 2.0]), pars_r)
+            prims += [sup, inf, pars]
             # Transverse process.
             if kind == "T":
                 # Upper thoracic transverse processes point more laterally than the lower ones.
@@ -1138,6 +1151,8 @@ class Skeleton:
 
 def build_skeleton(spec: AnatomySpec, layout: SpineLayout) -> Skeleton:
     rng = stream(spec.seed, STREAM_ANATOMY + 300)
+    rng_arch = stream(spec.seed, STREAM_ANATOMY + 601)  # per-level arch mass and density, own stream
+    arches: list[Structure] = []
     cancellous = spec.cancellous_hu
     cortex = spec.cortical_hu
     vertebrae: list[Structure] = []
@@ -1157,7 +1172,10 @@ def build_skeleton(spec: AnatomySpec, layout: SpineLayout) -> Skeleton:
         else:
             sacralised = spec.variant == "sacralised_L5" and lv is mobile[-1]
             sacralised = sacralised or (spec.variant == "lumbarised_S1" and lv.name == "L6")
-            prims = [_body(lv, spec, rng, frac), *_posterior_generic(lv, rng, sacralised)]
+            bulk = spec.posterior_bulk * float(rng_arch.uniform(0.92, 1.08))
+            arch = _posterior_generic(lv, rng, sacralised, bulk)
+            prims = [_body(lv, spec, rng, frac), *arch]
+            arches.append(_dense_arch(lv, arch, cortex, dens, rng_arch))
             if lv.name[0] == "C" or lv.name == "T1":
                 prims += _uncinate(lv)
             if spec.degeneration > 0.3 and rng.uniform() < spec.degeneration:
@@ -1205,6 +1223,7 @@ def build_skeleton(spec: AnatomySpec, layout: SpineLayout) -> Skeleton:
     others += _skull(spec, layout, rng)
     implants, metal = _implants(spec, layout)
     others += implants
+    others += arches
     others += _vacuum_clefts(spec, mobile)
     # Dural sac (CSF) along the canal.
     canal_pts = []
@@ -1225,6 +1244,23 @@ def build_skeleton(spec: AnatomySpec, layout: SpineLayout) -> Skeleton:
             hi = np.max([p.hi for p in st.prims if np.all(np.isfinite(p.hi))], axis=0)
             dense.append(0.5 * (lo + hi))
     return Skeleton(layout, vertebrae, discs, others, canal, thorax, metal, dense)
+
+
+def _dense_arch(lv: Level, arch: list[Primitive], cortex: float, body_marrow: float,
+                rng: np.random.Generator) -> Structure:
+    """The vertebral arch painted again, over the vertebra, as the denser bone it is.
+
+    Pedicles, laminae, articular and spinous processes are mostly compact bone with a thick cortex, so
+    in CT they stay bright when the body's cancellous bone is thin (osteoporosis takes trabeculae first):
+    an elderly spine shows a dark body behind a bright arch. Painted with the vertebra's label after the
+    vertebrae (``ARCH`` in ``generate.paint_bones``)."""
+    marrow = min(body_marrow + float(rng.uniform(120.0, 350.0)), 0.8 * cortex)
+    return Structure(ARCH, arch, cortex, marrow, cortex_mm=float(rng.uniform(1.4, 2.2)), label=lv.label,
+                     blend=1.5)
+
+
+#: Name of the dense-arch overlay structures (:func:`_dense_arch`).
+ARCH = "arch"
 
 
 #: Share of fractured bodies with an intravertebral vacuum cleft (gas; Kummell's sign), common in

@@ -21,7 +21,7 @@ import numpy.typing as npt
 from scipy import ndimage
 
 from dicom_io.volume import Volume
-from inference.phantoms.anatomy import Skeleton, Structure, build_skeleton, level_positions
+from inference.phantoms.anatomy import ARCH, Skeleton, Structure, build_skeleton, level_positions
 from inference.phantoms.artefacts import add_noise, add_streaks
 from inference.phantoms.shapes import Grid, Primitive, VertebralBody, bounds_of, union_sdf
 from inference.phantoms.spec import PhantomSpec
@@ -308,12 +308,14 @@ def _paint_tile(
 def paint_bones(
     spec: PhantomSpec, skeleton: Skeleton, grid: Grid, vol: F32, labels: npt.NDArray[np.uint8]
 ) -> None:
-    """Discs, other bones and calcium, then the vertebrae (labelled), then implants and gas clefts."""
+    """Discs, other bones and calcium, then the vertebrae (labelled) and their dense arches, then
+    implants and gas clefts."""
     slice_mm = spec.effective_slice_thickness
     blur = spec.blur_mm
     texture = trabecular_texture(spec, grid)
-    late = ("screws", "rods", "vacuum_cleft")
-    implants = [st for st in skeleton.others if st.name in late]
+    late = ("screws", "rods", "vacuum_cleft", ARCH)
+    arches = [st for st in skeleton.others if st.name == ARCH]
+    implants = [st for st in skeleton.others if st.name in late and st.name != ARCH]
     others = [st for st in skeleton.others if st.name not in late]
     others += vascular_calcification(spec, skeleton)
     for st in skeleton.discs:
@@ -321,6 +323,8 @@ def paint_bones(
     for st in others:
         paint_structure(vol, labels, grid, st, slice_mm, blur, texture)
     for st in skeleton.vertebrae:
+        paint_structure(vol, labels, grid, st, slice_mm, blur, texture)
+    for st in arches:
         paint_structure(vol, labels, grid, st, slice_mm, blur, texture)
     for st in implants:
         paint_structure(vol, None, grid, st, slice_mm, blur)

@@ -89,6 +89,9 @@ class PhantomSpec:
     cancellous_hu: float = 180.0
     cortical_hu: float = 950.0
     degeneration: float = 0.0  # 0 young spine .. 1 heavy osteophytes and narrowed discs
+    #: How massive the vertebral arches are (laminae, articular pillars, facets), 1 = the nominal table.
+    #: People differ, and facet arthrosis enlarges the articular processes with age.
+    posterior_bulk: float = 1.0
     fractures: tuple[int, ...] = ()  # VerSe labels with a compression fracture
     implant_levels: tuple[int, ...] = ()  # VerSe labels fixed with pedicle screws (and rods when >= 2)
     contrast: str = "none"
@@ -133,6 +136,8 @@ class PhantomSpec:
 
         anatomy = _draw_anatomy(rng_a)
         anatomy["fractures"] = _fragility_fractures(stream(seed, STREAM_ANATOMY + 400), anatomy)
+        rng_arch = stream(seed, STREAM_ANATOMY + 600)
+        anatomy["posterior_bulk"] = _posterior_bulk(rng_arch, anatomy["degeneration"])
         acquisition = _draw_acquisition(rng_q, fov_name)
         for key in list(overrides):
             if key in anatomy:
@@ -294,6 +299,12 @@ def _draw_anatomy(rng: np.random.Generator) -> dict[str, Any]:
         "implant_levels": implants,
         "contrast": str(rng.choice(CONTRASTS, p=[0.4, 0.12, 0.3, 0.06, 0.12])),
     }
+
+
+def _posterior_bulk(rng: np.random.Generator, degeneration: float) -> float:
+    """Arch mass relative to the nominal table: individual variation (+-20 %) times facet hypertrophy,
+    which grows with degeneration (up to +30 % in the most arthritic spines; anchors.md)."""
+    return float(rng.uniform(0.8, 1.2) * (1.0 + 0.3 * degeneration * rng.uniform(0.5, 1.0)))
 
 
 #: VerSe labels of osteoporotic (fragility) fractures and their weights: most at the thoracolumbar

@@ -37,8 +37,9 @@ def test_phantom_landmarks_are_body_centroids(seed: int, fov: str) -> None:
         whole = np.array(ndimage.center_of_mass(mask))
         whole_lps = aff[:3, :3] @ whole[::-1] + aff[:3, 3]
         assert np.linalg.norm(body_lps - np.asarray(c)) < 1.5, (label, body_lps, c)
-        # The body lies in front of the arch: 5-16 mm anterior (LPS y decreases anteriorly).
-        assert 5.0 < whole_lps[1] - c[1] < 16.0, (label, whole_lps, c)
+        # The body lies in front of the arch (LPS y decreases anteriorly): real VerSe masks measure
+        # 9-15 mm (sub-verse004 T9-L5, sub-verse012 T10-L3); phantom lumbar arches run 2-3 mm heavier.
+        assert 5.0 < whole_lps[1] - c[1] < 18.0, (label, whole_lps, c)
         checked += 1
     assert checked >= 4
 
