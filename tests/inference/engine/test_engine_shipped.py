@@ -1,11 +1,11 @@
 """The shipped weights (newest ``weights/<version>/``) end to end, on a held-out phantom and on the real
 VerSe scan in ../shared/data/real.
 
-Bounds come from measurement (v0.4.0, CPU; see weights/v0.4.0/MODEL_CARD.md):
-* held-out thoracolumbar phantom (seed 700002, 2 mm grid, generator of commit 7618dc3): 8 of 8
-  vertebrae (T8-L3) identified, distances 0.2-1.1 mm (median 0.7), mask covering 84 % of the labelled
+Bounds come from measurement (v0.5.0, CPU; see weights/v0.5.0/MODEL_CARD.md):
+* held-out thoracolumbar phantom (seed 700002, 2 mm grid, generator of commit 7ae408c): 8 of 8
+  vertebrae (T8-L3) identified, distances 0.5-1.2 mm (median 0.8), mask covering 73 % of the labelled
   spine;
-* real sub-verse012 (T10-L3, 3 mm sagittal): every VerSe point has a predicted landmark within 5.2 mm
+* real sub-verse012 (T10-L3, 3 mm sagittal): every VerSe point has a predicted landmark within 5.8 mm
   (VerSe's points lie ~3.8 mm from the mask's body centroids), but every name is one level too low
   (T11-L4 where T10-L3 are), so 0 of 6 are identified.
 The bounds leave room for numerical differences between CPUs, not for a broken engine.
@@ -38,12 +38,12 @@ def test_shipped_engine_labels_a_held_out_thoracolumbar_phantom(shipped_engine: 
     pred = {lm.label: np.asarray(lm.position_lps) for lm in result.landmarks}
     match = match_subject(ph.centroids, pred)
     assert sorted(ph.centroids) == list(range(15, 23))  # T8-L3
-    assert sum(match.identified.values()) >= 7  # measured 8 (v0.2.0, v0.3.0 and v0.4.0)
-    assert float(np.median(list(match.distances.values()))) <= 1.5  # measured 0.7 (v0.3.0: 1.0)
+    assert sum(match.identified.values()) >= 7  # measured 8 (v0.2.0 to v0.5.0)
+    assert float(np.median(list(match.distances.values()))) <= 1.5  # measured 0.8 (v0.4.0: 0.7)
     assert all(0.0 <= lm.confidence <= 1.0 for lm in result.landmarks)
     spine = ph.labels > 0
     assert result.mask.shape == ph.volume.shape
-    assert (result.mask[spine] > 0).mean() > 0.6  # measured 0.84
+    assert (result.mask[spine] > 0).mean() > 0.6  # measured 0.73 (0.84 before the generator's dense arches)
 
 
 @pytest.fixture(scope="module")
@@ -60,14 +60,14 @@ def test_shipped_engine_finds_every_vertebra_of_the_real_scan(real_prediction) -
     assert len(pts) >= 6
     for label, truth in vs.centroids.items():
         nearest = float(np.min(np.linalg.norm(pts - np.asarray(truth), axis=1)))
-        # JSON points sit ~3.8 mm from the mask-derived body centroids (README); measured <= 5.2 mm.
+        # JSON points sit ~3.8 mm from the mask-derived body centroids (README); measured <= 5.8 mm.
         assert nearest <= 6.0, (label, nearest)
     names = [lm.name for lm in result.landmarks]
     assert names == sorted(names, key=[lm.name for lm in result.landmarks].index)  # cranial first
     assert len(set(names)) == len(names)
 
 
-@pytest.mark.xfail(strict=True, reason="v0.4.0 names sub-verse012 one level too low (T11-L4 for T10-L3): "
+@pytest.mark.xfail(strict=True, reason="v0.5.0 names sub-verse012 one level too low (T11-L4 for T10-L3): "
                                        "issue 12's target of >= 5 of 6 identified is not met")
 def test_shipped_engine_identifies_five_of_six_on_the_real_scan(real_prediction) -> None:  # type: ignore[no-untyped-def]
     vs, result = real_prediction
