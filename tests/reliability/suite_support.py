@@ -63,13 +63,25 @@ FULL_UID = re.compile(r"(?<![\w.])[0-9]+(?:\.[0-9]+){2,}(?![0-9])")
 FINISHED = (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
 
 
+#: The per-test limit of a long variant (pytest-timeout), in place of pyproject's 600 s.
+LONG_TIMEOUT_S = 4 * 3600
+
+
+def long_marks() -> list[Any]:
+    """``slow``, and a per-test limit that a campaign, a fuzz run or the soak fits in (pyproject's 600 s
+    would cut them short)."""
+    import pytest  # here, not at the top: the agent subprocess imports this module too
+
+    return [pytest.mark.slow, pytest.mark.timeout(LONG_TIMEOUT_S)]
+
+
 def variants(short: Any, long: Any) -> list[Any]:
     """Parameters for a short (default run) and a long (``slow``, only with $SPINE_SUITE_LONG=1) variant."""
     import pytest
 
     out = [pytest.param(short, id="short")]
     if os.environ.get(LONG_ENV) == "1":
-        out.append(pytest.param(long, id="long", marks=pytest.mark.slow))
+        out.append(pytest.param(long, id="long", marks=long_marks()))
     return out
 
 
@@ -143,9 +155,10 @@ class SuiteAgent:
     def engine_log(self) -> Path:
         return self.directory / "engine.jsonl"
 
-    def start(self, timeout_s: float = 90.0, *, wait_ready: bool = True) -> None:
+    def start(self, timeout_s: float = 300.0, *, wait_ready: bool = True) -> None:
         """Start ``serve``; with ``wait_ready``, return once it logged "spine-agent listening" (SCP, HTTP,
-        worker and scheduler are up), fail if it exits first."""
+        worker and scheduler are up), fail if it exits first. The timeout is generous: on a machine busy
+        with training, a nice 19 start-up takes minutes, and start-up time is not what the suite checks."""
         assert self.process is None or self.process.poll() is not None, "already running"
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         command = [sys.executable, "-m", "tests.reliability.suite_support", "serve", str(self.config)]
@@ -179,6 +192,7 @@ class SuiteAgent:
                 if b"spine-agent listening" in f.read():
                     return
             time.sleep(0.1)
+        self.kill()  # not left behind by a test that fails here
         raise AssertionError(f"agent not listening after {timeout_s} s:\n{self.log_tail()}")
 
     def kill(self) -> None:
@@ -504,6 +518,18 @@ def make_series(
 
 def sop_of(path: Path) -> str:
     return path.stem
+
+
+def result_uids(agent: SuiteAgent, output_path: str | None) -> list[str]:
+    """The SOP Instance UIDs of a job's results (SEG, SR) in the agent's spool, as written."""
+    if not output_path:
+        return []
+    folder = agent.spool / output_path
+    return [
+        str(pydicom.dcmread(folder / name, stop_before_pixels=True).SOPInstanceUID)
+        for name in ("seg.dcm", "sr.dcm")
+        if (folder / name).exists()
+    ]
 
 
 # --- checks -------------------------------------------------------------------------------------------

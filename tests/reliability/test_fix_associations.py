@@ -11,18 +11,17 @@ import socket
 import subprocess
 import threading
 import time
-from pathlib import Path
 
 import pytest
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from tests.conftest import require_tool
-from tests.reliability.suite_support import SuiteAgent, make_agent
+from tests.reliability.conftest import LIMIT
+from tests.reliability.suite_support import SuiteAgent
 
 pytestmark = pytest.mark.integration
 
-LIMIT = 3
 PEERS = 6
 
 
@@ -61,29 +60,20 @@ def _refusal_lines(agent: SuiteAgent) -> int:
     )
 
 
-def test_bursts_get_exactly_the_limit_and_each_refusal_is_logged_once(tmp_path: Path) -> None:
-    agent = make_agent(
-        tmp_path / "agent", dicom={"max_associations": LIMIT, "allowed_calling_aes": ["FIXTEST"]}
-    )
-    try:
-        agent.start()
-        for round_ in range(1, 4):
-            assert _burst(agent) == (LIMIT, PEERS - LIMIT), f"round {round_}"
-            time.sleep(0.5)  # the released associations' threads end
-            assert _refusal_lines(agent) == round_ * (PEERS - LIMIT)
-    finally:
-        agent.kill()
+def test_bursts_get_exactly_the_limit_and_each_refusal_is_logged_once(limit_agent: SuiteAgent) -> None:
+    agent = limit_agent  # max_associations = LIMIT (tests/reliability/conftest.py), shared
+    before = _refusal_lines(agent)
+    for round_ in range(1, 4):
+        assert _burst(agent) == (LIMIT, PEERS - LIMIT), f"round {round_}"
+        time.sleep(0.5)  # the released associations' threads end
+        assert _refusal_lines(agent) - before == round_ * (PEERS - LIMIT)
 
 
-def test_idle_connections_hold_no_slot_and_are_closed(tmp_path: Path) -> None:
-    idle_s = 2.0
-    agent = make_agent(
-        tmp_path / "agent",
-        dicom={"max_associations": LIMIT, "idle_timeout_s": idle_s, "allowed_calling_aes": ["ECHOSCU"]},
-    )
+def test_idle_connections_hold_no_slot_and_are_closed(limit_agent: SuiteAgent) -> None:
+    idle_s = 2.0  # dicom.idle_timeout_s of limit_agent
+    agent = limit_agent
     sockets: list[socket.socket] = []
     try:
-        agent.start()
         for _ in range(PEERS):  # connect and say nothing
             sockets.append(socket.create_connection(("127.0.0.1", agent.dicom_port), timeout=10))
         time.sleep(0.3)
@@ -111,4 +101,3 @@ def test_idle_connections_hold_no_slot_and_are_closed(tmp_path: Path) -> None:
     finally:
         for sock in sockets:
             sock.close()
-        agent.kill()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -65,7 +64,13 @@ def test_a_full_disk_defers_the_job_without_spending_attempts(tmp_path: Path) ->
         store(agent.dicom_port, series.files)
         _fill(agent, 0)  # before the quiet timer fires: the job's writes hit ENOSPC
         wait_for(lambda: ledger.list_jobs(), 20, what="the job to be queued\n" + agent.log_tail())
-        time.sleep(8.0)  # many tries at 1-2 s back-off
+        # many tries at 1-2 s back-off: 3 deferrals (attempts spent instead would FAIL it at the third)
+        wait_for(
+            lambda: ledger.list_jobs()[0].deferrals >= 3 or ledger.list_jobs()[0].state == JobState.FAILED,
+            60,
+            poll_s=0.2,
+            what="three tries of the job\n" + agent.log_tail(),
+        )
         failed = ledger.list_jobs()[0]
         assert failed.state != JobState.FAILED, (
             f"FAILED after {failed.attempts} attempts: {failed.failure_reason}"

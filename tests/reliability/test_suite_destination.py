@@ -26,9 +26,9 @@ from storage import DeliveryState, JobState
 from tests.conftest import free_port
 from tests.reliability.suite_support import (
     StoreSCP,
-    SuiteAgent,
     make_agent,
     make_series,
+    result_uids,
     storescu,
     variants,
     wait_for,
@@ -68,16 +68,6 @@ class StatusSCP:
         if self.server is not None:
             self.server.shutdown()
             self.server = None
-
-
-def _results(agent: SuiteAgent, job_output: str | None) -> list[str]:
-    import pydicom
-
-    folder = agent.spool / str(job_output)
-    return [
-        str(pydicom.dcmread(folder / n, stop_before_pixels=True).SOPInstanceUID)
-        for n in ("seg.dcm", "sr.dcm")
-    ]
 
 
 SHORT_FAULTS: list[tuple[str, Any]] = [
@@ -129,7 +119,8 @@ def test_destination_faults_lose_nothing_and_send_nothing_twice(tmp_path: Path, 
 
             wait_for(lambda: job() is not None and job().state == JobState.SUCCEEDED, 30, 0.3, what="the job")
             job_id = job().id
-            results[name] = _results(agent, ledger.get_job(job_id).output_path)
+            results[name] = result_uids(agent, ledger.get_job(job_id).output_path)
+            assert len(results[name]) == 2, results[name]
             failure = ""
             if name.startswith(("slow", "failure status")):
                 # heals by itself: a slow peer, or one answering 0xA700 (out of resources) twice
@@ -174,7 +165,8 @@ def test_destination_faults_lose_nothing_and_send_nothing_twice(tmp_path: Path, 
                 }
             )
             dest.restart(extra=[])
-        time.sleep(3)
+        # no sleep: every delivery is DELIVERED (final), so nothing more is sent or counted
+        assert {d.state for d in ledger.list_deliveries()} == {DeliveryState.DELIVERED}
         held = dest.held()
         metrics = agent.http_get("/metrics")[1]
     finally:

@@ -305,7 +305,7 @@ class Outcome:
 class RawSender:
     """A pynetdicom SCU that sends file meta + raw body bytes exactly as written (chunked from file)."""
 
-    def __init__(self, port: int, folder: Path, timeout_s: float = 10.0) -> None:
+    def __init__(self, port: int, folder: Path, timeout_s: float = 60.0) -> None:
         self.port = port
         self.folder = folder
         self.folder.mkdir(parents=True, exist_ok=True)

@@ -10,6 +10,7 @@ import pytest
 from storage import DeliveryState, JobState
 from tests.reliability.suite_support import (
     LedgerView,
+    SuiteAgent,
     make_agent,
     make_series,
     start_storescp,
@@ -70,31 +71,28 @@ def test_eight_associations_with_four_series_each(tmp_path: Path) -> None:
         dest.stop()
 
 
-def test_peers_past_the_association_limit_are_refused_cleanly(tmp_path: Path) -> None:
-    """Six peers at once against ``max_associations = 3``: each is served or refused, none hangs, the
-    agent keeps serving afterwards. (How many are admitted is issue 16 item 3; counted, not asserted.)"""
-    agent = make_agent(
-        tmp_path / "agent", dicom={"max_associations": 3, "stable_age_s": 3600.0}, engine_delay_s=0.0
-    )
+def test_peers_past_the_association_limit_are_refused_cleanly(
+    tmp_path: Path, limit_agent: SuiteAgent
+) -> None:
+    """Six peers at once against ``max_associations = 3`` (the shared agent of conftest.py): each is served
+    or refused, none hangs, the agent keeps serving afterwards. (How many are admitted is issue 16 item 3;
+    counted, not asserted.)"""
+    agent = limit_agent
     series = make_series(tmp_path / "series", 6, slices=24, size=64, seed=600)
-    agent.start()
-    try:
-        t0 = time.monotonic()
-        runs = [storescu(agent.dicom_port, s.files) for s in series]
-        codes = [run.wait(timeout_s=60) for run in runs]  # raises TimeoutExpired on a hung peer
-        elapsed = time.monotonic() - t0
-        admitted = [run for run in runs if "Association Accepted" in run.output]
-        refused = [run for run in runs if "Association Rejected" in run.output]
-        assert len(admitted) + len(refused) == 6, [run.output[-300:] for run in runs]
-        for run in admitted:
-            assert run.process.returncode == 0 and len(run.acknowledged()) == 24
-        for run in refused:
-            assert run.process.returncode != 0
-        assert codes.count(0) == len(admitted)
-        # still serving after the burst
-        again = storescu(agent.dicom_port, series[0].files)
-        assert again.wait(timeout_s=60) == 0
-        row = {"peers": 6, "max_associations": 3, "admitted": len(admitted), "refused": len(refused)}
-        write_report("load", [{**row, "hung": 0, "seconds": round(elapsed, 1)}])
-    finally:
-        agent.kill()
+    t0 = time.monotonic()
+    runs = [storescu(agent.dicom_port, s.files) for s in series]
+    codes = [run.wait(timeout_s=60) for run in runs]  # raises TimeoutExpired on a hung peer
+    elapsed = time.monotonic() - t0
+    admitted = [run for run in runs if "Association Accepted" in run.output]
+    refused = [run for run in runs if "Association Rejected" in run.output]
+    assert len(admitted) + len(refused) == 6, [run.output[-300:] for run in runs]
+    for run in admitted:
+        assert run.process.returncode == 0 and len(run.acknowledged()) == 24
+    for run in refused:
+        assert run.process.returncode != 0
+    assert codes.count(0) == len(admitted)
+    # still serving after the burst
+    again = storescu(agent.dicom_port, series[0].files)
+    assert again.wait(timeout_s=60) == 0
+    row = {"peers": 6, "max_associations": 3, "admitted": len(admitted), "refused": len(refused)}
+    write_report("load", [{**row, "hung": 0, "seconds": round(elapsed, 1)}])
