@@ -21,7 +21,7 @@ declare -A paths=(
 )
 declare -A tests=(
     [sender]="tests/agent/service/test_sender.py tests/agent/service/test_sender_bookkeeping.py tests/agent/service/test_sender_outcomes.py tests/agent/service/test_sender_tls.py"
-    [ledger]="tests/storage/test_ledger.py tests/storage/test_ledger_tables.py tests/storage/test_ledger_audit.py tests/storage/test_ledger_recovery.py tests/storage/test_ledger_skipped.py tests/storage/test_retention.py"
+    [ledger]="tests/storage/test_ledger.py tests/storage/test_ledger_tables.py tests/storage/test_ledger_audit.py tests/storage/test_ledger_recovery.py tests/storage/test_ledger_skipped.py tests/storage/test_retention.py tests/storage/test_ledger_delivery_claims.py tests/storage/test_ledger_moves_exact.py"
     [metrics]="tests/inference/training/test_metrics.py tests/inference/training/test_metrics_exact.py"
     [chain]="tests/inference/engine/test_chain.py tests/inference/engine/test_chain_exact.py"
 )
