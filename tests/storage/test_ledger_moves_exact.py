@@ -154,3 +154,43 @@ def test_mark_purged_refuses_jobs_retention_may_not_take_and_records_the_purge(l
     purged_at = ledger.get_job(done).purged_at
     assert purged_at is not None and purged_at.replace(tzinfo=UTC) == first
     assert _details(ledger, done) == [("job.purged", "files removed by retention")]
+
+
+def test_version_instances_and_newer_instance_never_look_at_another_series(ledger: Ledger) -> None:
+    def receive(series: str, sop: str, at: datetime) -> int:
+        row = ledger.record_instance(
+            "9.8.7", series, 64, f"incoming/9.8.7/{series}", at, sop_instance_uid=sop, sha256="a" * 64
+        )
+        return row.id
+
+    a1 = receive("A", "1.9.1", T0)
+    b1 = receive("B", "1.8.1", T0)
+    assert sorted(ledger.queue_quiet_series(30, now=T0 + timedelta(seconds=40))) == [1, 2]
+    b2 = receive("B", "1.9.1", T0 + timedelta(minutes=1))  # a reused SOP Instance UID, in series B
+    assert (a1, b1, b2) == (1, 2, 3)
+    assert sorted(ledger.version_instances(a1)) == ["1.9.1"]
+    assert sorted(ledger.version_instances(b2)) == ["1.8.1", "1.9.1"]
+    assert ledger.newer_instance(a1, "1.9.1") is False  # B's version 2 is not a later version of A
+
+
+def test_list_jobs_newest_first_and_since_includes_its_own_instant(ledger: Ledger) -> None:
+    first = _queued(ledger, "s1", T0)
+    second = _queued(ledger, "s2", T0 + timedelta(hours=1))
+    third = _queued(ledger, "s3", T0 + timedelta(hours=2))
+    assert [j.id for j in ledger.list_jobs()] == [third, second, first]
+    since = T0 + timedelta(hours=1, seconds=31)  # when the second job was queued
+    assert [j.id for j in ledger.list_jobs(since=since)] == [third, second]
+    assert [j.id for j in ledger.list_jobs(limit=2)] == [third, second]
+
+
+def test_delivery_counts_per_state_with_zeros(ledger: Ledger) -> None:
+    job_id = _succeeded(ledger, "s1", T0, ["a", "b", "c"])
+    a, b, _c = sorted(ledger.list_deliveries(job_id), key=lambda d: d.id)
+    for d, outcome in ((a, DeliveryState.DELIVERED), (b, DeliveryState.FAILED)):
+        ledger.record_delivery_attempt(d.id, sent_instances=[], status=0, error=None, outcome=outcome, now=T0)
+    assert ledger.delivery_counts() == {
+        DeliveryState.PENDING: 1,
+        DeliveryState.DELIVERED: 1,
+        DeliveryState.FAILED: 1,
+        DeliveryState.CANCELLED: 0,
+    }
