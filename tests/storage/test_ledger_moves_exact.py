@@ -181,6 +181,27 @@ def test_list_jobs_newest_first_and_since_includes_its_own_instant(ledger: Ledge
     since = T0 + timedelta(hours=1, seconds=31)  # when the second job was queued
     assert [j.id for j in ledger.list_jobs(since=since)] == [third, second]
     assert [j.id for j in ledger.list_jobs(limit=2)] == [third, second]
+    assert ledger.job_counts() == {
+        JobState.QUEUED: 3,
+        JobState.RUNNING: 0,
+        JobState.SUCCEEDED: 0,
+        JobState.FAILED: 0,
+        JobState.CANCELLED: 0,
+        JobState.SKIPPED: 0,
+    }
+
+
+def test_renewing_a_lease_extends_only_that_job(ledger: Ledger) -> None:
+    first = _queued(ledger, "s1", T0)
+    second = _queued(ledger, "s2", T0 + timedelta(minutes=1))
+    _claim(ledger, "w1", first, T0 + timedelta(minutes=2))  # lease until T0 + 12 min
+    _claim(ledger, "w1", second, T0 + timedelta(minutes=3))  # same owner, lease until T0 + 13 min
+    assert ledger.renew_lease(first, "w1", 600, now=T0 + timedelta(minutes=5)) is True
+    leases = [ledger.get_job(j).lease_expires_at for j in (first, second)]
+    assert [t.replace(tzinfo=UTC) for t in leases if t is not None] == [
+        T0 + timedelta(minutes=15),
+        T0 + timedelta(minutes=13),
+    ]
 
 
 def test_delivery_counts_per_state_with_zeros(ledger: Ledger) -> None:
