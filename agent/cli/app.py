@@ -17,7 +17,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from agent.cli.commands import demo, evaluate, phantom, predict, serve, train
-from agent.cli.state import STATE, config_origin, settings
+from agent.cli.state import STATE, config_error_line, config_origin, settings
 from agent.errors import UserError
 from agent.web.patient_data import SeriesDetails, in_spool, read_series_details
 from agent.web.views import age, delivery_as_dict, job_as_dict
@@ -115,7 +115,9 @@ def config_check(
 
     problems = startup_problems(cfg)
     for problem in problems:
-        err_console.print(f"error: {origin}: {problem}", markup=False, highlight=False)
+        err_console.print(
+            f"error: {config_error_line(f'{origin}: {problem}')}", markup=False, highlight=False
+        )
     if problems:
         raise typer.Exit(2)
     ports = [("dicom.port", cfg.dicom.bind_address, cfg.dicom.port)]
@@ -492,7 +494,8 @@ def main() -> None:
     try:
         app()
     except _EXPECTED_ERRORS as exc:
-        err_console.print(f"error: {exc}", markup=False, highlight=False)
+        line = config_error_line(str(exc)) if isinstance(exc, ConfigError) else str(exc)
+        err_console.print(f"error: {line}", markup=False, highlight=False)
         sys.exit(2)
     except KeyboardInterrupt:
         err_console.print("interrupted")

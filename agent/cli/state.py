@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from config import Settings, load_settings, resolve_config_path
+
+#: ``SPINE_AGENT_*`` variables that are options of the command line, not configuration keys.
+_NOT_KEYS = frozenset({"SPINE_AGENT_CONFIG", "SPINE_AGENT_DEBUG"})
 
 
 class CliState:
@@ -27,3 +31,19 @@ def config_origin() -> str:
     if path is None:
         return "built-in defaults (no --config, no $SPINE_AGENT_CONFIG)"
     return str(path.resolve())
+
+
+def config_error_line(message: str) -> str:
+    """A configuration error's one line, saying so when the offending key comes from the environment.
+
+    The message names the file ("/etc/spine-agent/config.toml: engine.device = 'gpu': ..."), but a
+    ``SPINE_AGENT_<SECTION>__<KEY>`` variable (the unit's ``/etc/spine-agent/spine-agent.env``) overrides
+    the file, and an admin who looks only at the file finds nothing wrong there."""
+    for name in sorted(os.environ):
+        upper = name.upper()
+        if not upper.startswith("SPINE_AGENT_") or upper in _NOT_KEYS:
+            continue
+        key = upper.removeprefix("SPINE_AGENT_").lower().replace("__", ".")
+        if any(f"{lead}{key}{tail}" in message for lead in (": ", " ") for tail in (" ", ":", ".")):
+            return f"{message} (set by the environment variable {name}, which overrides the file)"
+    return message

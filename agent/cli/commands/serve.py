@@ -26,7 +26,7 @@ def register(app: typer.Typer) -> None:
 
         A configuration problem (a bad key, a folder it cannot write, missing weights) exits with
         status 78 and one line naming the key; the systemd unit does not restart on it."""
-        from agent.cli.state import config_origin, settings
+        from agent.cli.state import config_error_line, config_origin, settings
         from agent.logging_setup import configure_logging
         from agent.service.service import AgentService
         from config import ConfigError
@@ -38,7 +38,7 @@ def register(app: typer.Typer) -> None:
             report = service.run_until_signalled()
         except ConfigError as exc:
             logging.shutdown()
-            print(f"error: {exc}", file=sys.stderr, flush=True)  # noqa: T201 - the one-line CLI error
+            print(f"error: {config_error_line(str(exc))}", file=sys.stderr, flush=True)  # noqa: T201 - one line
             sys.exit(EXIT_CONFIG)
         if report.released_job is not None:
             # The abandoned attempt is still inside the engine in a daemon thread; its job is back in the

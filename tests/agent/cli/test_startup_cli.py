@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.cli.state import config_error_line
 from agent.service.scp import StorageSCP
 from config import settings_from_mapping
 from storage import Ledger
@@ -177,3 +178,32 @@ def test_destinations_echo_calls_each_destination_as_the_sender_does(
     unknown = run_cli("destinations", "echo", "nope", config=config)
     assert unknown.returncode == 2 and "no destination 'nope'" in _one_error_line(unknown.stderr)
     assert "configured: agent, down" in unknown.stderr
+
+
+def test_a_bad_value_from_the_environment_is_named_as_such(tmp_path: Path) -> None:
+    """Walked on a booted Debian 12 (issue 17): SPINE_AGENT_ENGINE__DEVICE=gpu in the unit's
+    spine-agent.env made serve say "config.toml: engine.device = 'gpu'", a value the file does not hold."""
+    config = _config(tmp_path, f"[dicom]\nport = {free_port()}\n[http]\nport = {free_port()}\n")
+    env = {"SPINE_AGENT_ENGINE__DEVICE": "gpu"}
+    said = "engine.device = 'gpu': expected 'auto', 'cpu' or 'cuda' (set by the environment variable "
+    check = run_cli("config", "check", str(config), env=env)
+    assert check.returncode == 2 and f"{said}SPINE_AGENT_ENGINE__DEVICE" in _one_error_line(check.stderr)
+    serve = run_cli("serve", config=config, env=env)
+    assert serve.returncode == 78 and f"{said}SPINE_AGENT_ENGINE__DEVICE" in _one_error_line(serve.stderr)
+    spool = tmp_path / "a-file"
+    spool.write_text("not a folder")
+    check = run_cli("config", "check", str(config), env={"SPINE_AGENT_STORAGE__SPOOL_DIR": str(spool)})
+    said = "(set by the environment variable SPINE_AGENT_STORAGE__SPOOL_DIR, which overrides the file)"
+    assert _one_error_line(check.stderr).endswith(said)
+
+
+def test_a_bad_value_from_the_file_is_not_blamed_on_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    message = "/etc/spine-agent/config.toml: engine.device = 'gpu': expected 'auto', 'cpu' or 'cuda'"
+    monkeypatch.setenv("SPINE_AGENT_ENGINE__WEIGHTS_DIR", "/opt/weights")
+    monkeypatch.setenv("SPINE_AGENT_DICOM__PORT", "11112")
+    monkeypatch.setenv("SPINE_AGENT_CONFIG", "/etc/spine-agent/config.toml")
+    monkeypatch.delenv("SPINE_AGENT_ENGINE__DEVICE", raising=False)
+    assert config_error_line(message) == message
+    monkeypatch.setenv("SPINE_AGENT_ENGINE__DEVICE", "gpu")
+    said = "(set by the environment variable SPINE_AGENT_ENGINE__DEVICE, which overrides the file)"
+    assert config_error_line(message).endswith(said)
