@@ -181,8 +181,13 @@ def test_list_jobs_newest_first_and_since_includes_its_own_instant(ledger: Ledge
     since = T0 + timedelta(hours=1, seconds=31)  # when the second job was queued
     assert [j.id for j in ledger.list_jobs(since=since)] == [third, second]
     assert [j.id for j in ledger.list_jobs(limit=2)] == [third, second]
+
+
+def test_job_counts_per_state_with_zeros(ledger: Ledger) -> None:
+    _queued(ledger, "s1", T0)
+    _queued(ledger, "s2", T0 + timedelta(hours=1))
     assert ledger.job_counts() == {
-        JobState.QUEUED: 3,
+        JobState.QUEUED: 2,
         JobState.RUNNING: 0,
         JobState.SUCCEEDED: 0,
         JobState.FAILED: 0,
