@@ -138,6 +138,10 @@ def test_purge_candidates_are_finished_jobs_without_pending_deliveries_oldest_fi
     # series and deliveries come loaded: retention reads them after the session is closed
     assert sorted(d.destination for d in candidates[0].deliveries) == ["archive", "pacs"]
     assert candidates[0].series.series_instance_uid == "s2"
+    # strictly before: `late` finished at exactly T0 + 2 h
+    assert [j.id for j in ledger.purge_candidates(finished_before=T0 + timedelta(hours=2))] == [early]
+    assert ledger.mark_purged(early, now=T0 + timedelta(days=1)) is True
+    assert [j.id for j in ledger.purge_candidates()] == [late]  # a purged job is no candidate again
 
 
 def test_mark_purged_refuses_jobs_retention_may_not_take_and_records_the_purge(ledger: Ledger) -> None:
