@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import statistics
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,30 @@ def sample(agent: SuiteAgent) -> dict[str, float]:
     }
 
 
+class Sampler:
+    """Samples the agent every ``SAMPLE_S`` seconds on its own thread, whatever the traffic loop is doing."""
+
+    def __init__(self, agent: SuiteAgent) -> None:
+        self.agent = agent
+        self.samples: list[dict[str, float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.samples.append(sample(self.agent))
+            self._stop.wait(SAMPLE_S)
+
+    def start(self) -> Sampler:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=30)
+
+
 def window(samples: list[dict[str, float]], t0: float, start: float, end: float, key: str) -> list[float]:
     """The ``key`` values of the samples taken between fractions ``start`` and ``end`` of the soak."""
     return [s[key] for s in samples if start * SOAK_S <= s["t"] - t0 <= end * SOAK_S]
@@ -71,8 +96,9 @@ def window(samples: list[dict[str, float]], t0: float, start: float, end: float,
 
 def memory_grew(samples: list[dict[str, float]], t0: float) -> tuple[float, float, float]:
     """(after warm-up, at the end, allowed growth), resident set in bytes, medians of their windows."""
-    early = statistics.median(window(samples, t0, 0.25, 0.45, "rss"))
-    late = statistics.median(window(samples, t0, 0.80, 1.00, "rss"))
+    early_values, late_values = window(samples, t0, 0.25, 0.45, "rss"), window(samples, t0, 0.80, 1.00, "rss")
+    assert len(early_values) >= 3 and len(late_values) >= 3, f"too few samples: {len(samples)}"
+    early, late = statistics.median(early_values), statistics.median(late_values)
     return early, late, max(0.05 * early, 16 * MIB)
 
 
@@ -87,7 +113,7 @@ if os.environ.get(LONG_ENV) == "1":
             dicom={"allowed_calling_aes": ["STORESCU"], "stable_age_s": 3.0},
             engine_delay_s=0.3,
         )
-        samples: list[dict[str, float]] = []
+        sampler = Sampler(agent)
         acknowledged = 0
         series_uids: list[str] = []
         refused = 0
@@ -95,7 +121,7 @@ if os.environ.get(LONG_ENV) == "1":
             agent.start(timeout_s=300)  # a loaded machine: the soak is about memory, not start-up time
             t0 = time.monotonic()
             rounds = 0
-            next_sample = t0
+            sampler.start()
             while time.monotonic() - t0 < SOAK_S:
                 started = time.monotonic()
                 (series,) = make_series(tmp_path / "series" / f"r{rounds:05d}", 1, seed=9000 + rounds)
@@ -113,9 +139,6 @@ if os.environ.get(LONG_ENV) == "1":
                 # a generous timeout: on a loaded machine a starved agent answers late, and late is fine
                 assert agent.http_get("/metrics", timeout_s=60)[0] == 200
                 assert agent.http_get("/readyz", timeout_s=60)[0] in (200, 503)
-                if time.monotonic() >= next_sample:
-                    samples.append(sample(agent))
-                    next_sample += SAMPLE_S
                 rounds += 1
                 time.sleep(max(0.0, PERIOD_S - (time.monotonic() - started)))
             ledger = agent.ledger()
@@ -126,9 +149,10 @@ if os.environ.get(LONG_ENV) == "1":
                     d.state == DeliveryState.DELIVERED for d in view.deliveries
                 )
 
+            sampler.stop()
             wait_for(drained, 300, 2.0, what="every job finished and delivered")
             time.sleep(2 * SAMPLE_S)  # idle: what is still held now is kept
-            samples.append(sample(agent))
+            samples = [*sampler.samples, sample(agent)]
             view = LedgerView.read(ledger, series_uids)
             results = {
                 job.id: result_uids(agent, job.output_path)
@@ -140,6 +164,7 @@ if os.environ.get(LONG_ENV) == "1":
             ledger.close()
             assert agent.alive
         finally:
+            sampler.stop()
             agent.kill()
             dest.stop()
 
