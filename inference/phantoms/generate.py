@@ -313,10 +313,10 @@ def paint_bones(
     slice_mm = spec.effective_slice_thickness
     blur = spec.blur_mm
     texture = trabecular_texture(spec, grid)
-    late = ("screws", "rods", "vacuum_cleft", ARCH)
+    late = ("screws", "rods", "vacuum_cleft")
     arches = [st for st in skeleton.others if st.name == ARCH]
-    implants = [st for st in skeleton.others if st.name in late and st.name != ARCH]
-    others = [st for st in skeleton.others if st.name not in late]
+    implants = [st for st in skeleton.others if st.name in late]
+    others = [st for st in skeleton.others if st.name not in (*late, ARCH)]
     others += vascular_calcification(spec, skeleton)
     for st in skeleton.discs:
         paint_structure(vol, None, grid, st, slice_mm, blur)
