@@ -572,8 +572,9 @@ def _uncinate(lv: Level) -> list[Primitive]:
     return out
 
 
-def _posterior_generic(lv: Level, rng: np.random.Generator, sacralised: bool = False,
-                       bulk: float = 1.0) -> list[Primitive]:
+def _posterior_generic(
+    lv: Level, rng: np.random.Generator, sacralised: bool = False, bulk: float = 1.0
+) -> list[Primitive]:
     """Pedicles, laminae, articular and transverse processes, spinous process of C3-L6.
 
     ``bulk`` scales the thickness of the laminae and the size of the thoracic and lumbar articular
@@ -892,13 +893,31 @@ def _ribs(spec: AnatomySpec, layout: SpineLayout, rng: np.random.Generator) -> t
     cortex = spec.cortical_hu * 0.9
     marrow = spec.cancellous_hu * 0.9 + 40
     cart_hu = 110.0 + 250.0 * max(spec.degeneration - 0.5, 0)
+    course = stream(spec.seed, STREAM_ANATOMY + 700)  # the ribs' posterior course (own stream)
     structures: list[Structure] = []
     thorax_rows = []
     sternum_pts = []
+    n_ribs = len(thoracic)
     for n, lv in enumerate(thoracic):
         d = lv.dims
         A, B = span[n] * bs * rng.normal(1, 0.02), depth[n] * bs * rng.normal(1, 0.02)
         post = 28.0 + 6.0 * min(n, 6) / 6
+        # From the tubercle the shaft runs on, back and out, to the rib's angle: the rib cage's most
+        # posterior point lies beside the spine, behind the transverse processes, a few mm lateral of
+        # the tubercle at rib 1 and 4-6 cm at ribs 7-10 (the paravertebral gutter that the lungs and
+        # the erector spinae fill). Near the spine the lower ribs already slope down (~20-30 degrees
+        # at ribs 10-12 in a frontal view). The last two ribs float: their length varies widely (the
+        # 12th from a stub of a few cm to as long as the 11th) and they are slimmer.
+        floating = n >= n_ribs - 2
+        lat_ang = (8.0 + 44.0 * min(n, 7) / 7) * bs * float(course.uniform(0.8, 1.2))
+        if floating:
+            lat_ang *= 0.75 if n == n_ribs - 2 else 0.5
+        back_ang = float(course.uniform(5.0, 12.0))
+        rib_slope = np.radians(6.0 + 20.0 * min(n, 11) / 11 + float(course.normal(0.0, 4.0)))
+        end_n = float(end_phi[n])
+        if floating:
+            end_n = float(course.uniform(80, 135)) if n == n_ribs - 2 else float(course.uniform(30, 110))
+        slim = float(course.uniform(0.7, 0.9)) if floating else 1.0
         for s in (-1.0, 1.0):
             head = lv.to_world([s * (d.width / 2 + 3.0), d.depth * 0.3, d.height * 0.32])
             tub_local = np.array(
@@ -909,26 +928,36 @@ def _ribs(spec: AnatomySpec, layout: SpineLayout, rng: np.random.Generator) -> t
                 ]
             )
             tub = lv.to_world(tub_local + np.array([0, 4.0, 0]))
-            # Rib cage ellipse centred in front of the spine; phi = 0 points posteriorly.
             cu = layout.unroll_point(lv.centre)
             ccx = cu[0]
-            ccy = cu[1] + post - B
             tub_u = layout.unroll_point(tub)
-            phi0 = np.arcsin(np.clip(abs(tub_u[0] - ccx) / A + 0.25, 0, 0.99))
-            phi1 = np.radians(end_phi[n])
-            phis = np.linspace(phi0, phi1, 12)
-            frac = (phis - phi0) / (phi1 - phi0)
-            pts = [head, tub]
+            # The angle: lateral of and behind the tubercle, lower by the rib's slope.
+            ang = tub_u + np.array([s * lat_ang, back_ang, -4.0 - lat_ang * np.tan(rib_slope)])
+            # From the angle (phi = 0, the most posterior point) the shaft follows a quarter ellipse per
+            # side out to the widest point of the cage (ccx +- A) and forward to the old front (cu_y +
+            # post - 2B), so the cage's width and depth are what they were.
+            a_side = max(A - abs(ang[0] - ccx), 10.0)
+            front = cu[1] + post - 2.0 * B
+            b_side = (ang[1] - front) / 2.0
+            ccy = ang[1] - b_side
+            phi1 = np.radians(end_n)
+            phis = np.linspace(0.0, phi1, 12)[1:]
+            frac = phis / phi1
+            pts = [head, tub, layout.roll_point(ang)]
             for p, f in zip(phis, frac, strict=True):
                 pts.append(
                     layout.roll_point(
                         np.array(
-                            [ccx + s * A * np.sin(p), ccy + B * np.cos(p), tub[2] - 4.0 - drop[n] * f**1.3]
+                            [
+                                ang[0] + s * a_side * np.sin(p),
+                                ccy + b_side * np.cos(p),
+                                ang[2] - drop[n] * f**1.3,
+                            ]
                         )
                     )
                 )
-            r = 4.6 * spec.vertebra_scale * (0.85 if n == 0 else 1.0)
-            radii = [r * 0.95, r * 1.0] + [r * (1.0 - 0.15 * f) for f in frac]
+            r = 4.6 * spec.vertebra_scale * (0.85 if n == 0 else 1.0) * slim
+            radii = [r * 0.95, r * 1.0, r * 1.0] + [r * (1.0 - 0.15 * f) for f in frac]
             structures.append(
                 Structure(
                     f"rib{n + 1}_{'L' if s > 0 else 'R'}",
@@ -944,11 +973,11 @@ def _ribs(spec: AnatomySpec, layout: SpineLayout, rng: np.random.Generator) -> t
                 end = pts[-1]
                 if n < 7:
                     target = layout.roll_point(
-                        np.array([ccx + s * 14.0, ccy - B * 0.98, end[2] - 6.0 - 2 * n])
+                        np.array([ccx + s * 14.0, front + B * 0.02, end[2] - 6.0 - 2 * n])
                     )
                 else:
                     target = layout.roll_point(
-                        np.array([ccx + s * (35.0 + 8 * (n - 7)), ccy - B * 0.92, end[2] + 25.0])
+                        np.array([ccx + s * (35.0 + 8 * (n - 7)), front + B * 0.08, end[2] + 25.0])
                     )
                 mid = 0.5 * (end + target) + np.array([0, -6.0, -4.0])
                 structures.append(
@@ -962,10 +991,19 @@ def _ribs(spec: AnatomySpec, layout: SpineLayout, rng: np.random.Generator) -> t
                     )
                 )
                 if n < 7 and s > 0:
-                    sternum_pts.append(np.array([ccx, ccy - B * 0.98 - 2.0, target[2]]))
+                    sternum_pts.append(np.array([ccx, front + B * 0.02 - 2.0, target[2]]))
         cu = layout.unroll_point(lv.centre)
+        # The inner cage reaches back to the ribs' angles, so the lungs fill the paravertebral gutters.
+        front = cu[1] + post - 2.0 * B
+        back = cu[1] + tub_local[1] + 4.0 + back_ang
         thorax_rows.append(
-            (cu[2] + d.height * 0.3 - drop[n] * 0.35, cu[0], cu[1] + post - B, A - 6.0, B - 6.0)
+            (
+                cu[2] + d.height * 0.3 - drop[n] * 0.35,
+                cu[0],
+                (front + back) / 2,
+                A - 6.0,
+                (back - front) / 2 - 6.0,
+            )
         )
     if sternum_pts:
         top = sternum_pts[0] + np.array([0, 4.0, 6.0])
@@ -1246,8 +1284,9 @@ def build_skeleton(spec: AnatomySpec, layout: SpineLayout) -> Skeleton:
     return Skeleton(layout, vertebrae, discs, others, canal, thorax, metal, dense)
 
 
-def _dense_arch(lv: Level, arch: list[Primitive], cortex: float, body_marrow: float,
-                rng: np.random.Generator) -> Structure:
+def _dense_arch(
+    lv: Level, arch: list[Primitive], cortex: float, body_marrow: float, rng: np.random.Generator
+) -> Structure:
     """The vertebral arch painted again, over the vertebra, as the denser bone it is.
 
     Pedicles, laminae, articular and spinous processes are mostly compact bone with a thick cortex, so
@@ -1255,8 +1294,9 @@ def _dense_arch(lv: Level, arch: list[Primitive], cortex: float, body_marrow: fl
     an elderly spine shows a dark body behind a bright arch. Painted with the vertebra's label after the
     vertebrae (``ARCH`` in ``generate.paint_bones``)."""
     marrow = min(body_marrow + float(rng.uniform(120.0, 350.0)), 0.8 * cortex)
-    return Structure(ARCH, arch, cortex, marrow, cortex_mm=float(rng.uniform(1.4, 2.2)), label=lv.label,
-                     blend=1.5)
+    return Structure(
+        ARCH, arch, cortex, marrow, cortex_mm=float(rng.uniform(1.4, 2.2)), label=lv.label, blend=1.5
+    )
 
 
 #: Name of the dense-arch overlay structures (:func:`_dense_arch`).

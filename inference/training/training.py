@@ -26,6 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from dicom_io.labels import LABEL_BY_NAME
 from inference.engine.dsnt import dsnt_loss
 from inference.engine.networks import ISEVNet, VertebraLocaliser
 from inference.engine.plan import Stage1Plan, Stage2Plan
@@ -52,6 +53,12 @@ EVAL_SEED_START = 500_000
 STAGE2_CONTEXT_MM = 80.0
 #: Weight of the level / "none" cross-entropy against the DSNT term.
 CLASS_WEIGHT = 1.0
+#: Extra weight of the cross-entropy on the variant levels T13 and L6. They are one vertebra in a
+#: phantom of 15 (6-7 % of phantoms each), so without it the head learns never to answer them and the
+#: chain cannot count an extra vertebra; with it the head reports them as the real possibility they are
+#: and the chain decides from the whole column (ribs above, sacrum below).
+RARE_LEVEL_WEIGHT = 3.0
+RARE_LEVELS = ("T13", "L6")
 
 
 @dataclass
@@ -148,6 +155,10 @@ class Trainer:
             self.opt, lambda it: lr_factor(it, cfg.total_iters, cfg.warmup_iters)
         )
         self.rng = np.random.default_rng(cfg.seed)
+        labels = cfg.stage2.labels
+        self._rare_classes = frozenset(
+            labels.index(LABEL_BY_NAME[n]) for n in RARE_LEVELS if LABEL_BY_NAME[n] in labels
+        )
         self.epoch = 0
         self.iteration = 0
         self.train_pool, self.val_pool = training_pools(cfg)
@@ -240,6 +251,8 @@ class Trainer:
         loc, dist, js = dsnt_loss(heatmap, coords[:, None], target, present, hm_spacing,
                                   self.cfg.stage2.sigma_mm, offset=offset)
         ce = F.cross_entropy(logits, torch.tensor([s.cls]), label_smoothing=0.05)
+        if s.cls in self._rare_classes:
+            ce = ce * RARE_LEVEL_WEIGHT
         parts = {"dist_mm": float(dist) if s.has_target else float("nan"), "js": float(js),
                  "class_ce": float(ce.detach())}
         return loc + CLASS_WEIGHT * ce, parts

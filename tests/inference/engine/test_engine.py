@@ -221,3 +221,36 @@ def test_training_smoke_checkpoint_and_resume(tmp_path: Path) -> None:
         trainer.run()
         rows = (tmp_path / stage / "metrics.csv").read_text().splitlines()
         assert len(rows) == 3 and rows[0].startswith("epoch,iterations,lr,loss")
+
+
+def test_the_variant_levels_weigh_more_in_the_level_loss(tmp_path: Path) -> None:
+    """T13 and L6 (one vertebra in a phantom of 15, in 6-7 % of phantoms) carry RARE_LEVEL_WEIGHT times the
+    cross-entropy of any other level, so the head learns to report them."""
+    import torch.nn.functional as F
+
+    from dicom_io.labels import LABEL_BY_NAME
+    from inference.training.datasets import Stage2Sample
+    from inference.training.training import RARE_LEVEL_WEIGHT, TrainConfig, Trainer
+
+    plan = tiny_plan()
+    cfg = TrainConfig(stage="stage2", out_dir=tmp_path / "s2", epochs=1, iters_per_epoch=1, phantoms=1,
+                      val_subjects=1, cache_dir=tmp_path / "cache", stage1=plan.stage1, stage2=plan.stage2)
+    trainer = Trainer(cfg)
+    trainer.model.eval()
+    crop = plan.stage2.crop
+    image = np.random.default_rng(0).normal(0, 0.3, (1, *crop)).astype(np.float32)
+    spacing = (plan.stage2.spacing_mm,) * 3
+    with torch.no_grad():
+        _, _, logits = trainer.model(torch.from_numpy(image)[None], spacing)
+    ratios = {}
+    for name in ("T12", "T13", "L5", "L6"):
+        cls = plan.stage2.labels.index(LABEL_BY_NAME[name])
+        sample = Stage2Sample(image, np.zeros(3, np.float32), False, cls, spacing)
+        with torch.no_grad():
+            _, parts = trainer._stage2_loss(sample)
+        plain = float(F.cross_entropy(logits, torch.tensor([cls]), label_smoothing=0.05))
+        ratios[name] = parts["class_ce"] / plain
+    assert ratios["T12"] == pytest.approx(1.0, rel=1e-4) and ratios["L5"] == pytest.approx(1.0, rel=1e-4)
+    assert ratios["T13"] == pytest.approx(RARE_LEVEL_WEIGHT, rel=1e-4), ratios
+    assert ratios["L6"] == pytest.approx(RARE_LEVEL_WEIGHT, rel=1e-4), ratios
+    assert RARE_LEVEL_WEIGHT > 1.0
