@@ -19,6 +19,7 @@ from pydantic import (
     ConfigDict,
     Field,
     SecretStr,
+    StrictBool,
     ValidationError,
     field_validator,
     model_validator,
@@ -116,6 +117,12 @@ class Destination(_Section):
     tls_key_file: Path | None = None
     #: The name the destination's certificate must hold, when it differs from ``host`` (e.g. host is an IP).
     tls_server_name: str | None = Field(default=None, min_length=1)
+    #: After an interrupted attempt (a crash, or a C-STORE that got no answer), ask the destination with
+    #: C-FIND (Study Root, IMAGE level) whether it already holds each instance that was in flight, and send
+    #: only those it does not hold (exactly-once). A destination that does not answer C-FIND (DCMTK
+    #: storescp; a PACS that does not let our calling AE query) makes the sender re-send them (at-least-once),
+    #: logged at WARNING and in the ledger. Only ever used after an interruption; false: never ask, re-send.
+    query_before_resend: StrictBool = True
 
     _ae = field_validator("ae_title")(classmethod(lambda cls, v: _check_ae_title(v)))
 

@@ -86,6 +86,12 @@ def check_delivery_transition(delivery_id: int, current: DeliveryState, target: 
         raise IllegalTransition(f"delivery {delivery_id}: cannot go from {current.value} to {target.value}")
 
 
+def _drop_in_doubt(delivery: Delivery, answered: set[str]) -> None:
+    """``answered`` are no longer in doubt (the destination's answer about them is on record)."""
+    if answered & set(delivery.in_doubt_instances):
+        delivery.in_doubt_instances = [u for u in delivery.in_doubt_instances if u not in answered]
+
+
 def make_engine(url: str) -> Engine:
     """An SQLAlchemy engine; SQLite gets WAL, a busy timeout and foreign keys, its folder is created."""
     parsed = make_url(url)
@@ -179,16 +185,25 @@ class Ledger:
         # the second. It then simply runs again and finds the version the first one opened.
         for attempt in range(RECORD_ATTEMPTS):
             try:
-                return self._record_instance_once(study_uid, series_uid, nbytes, spool_path, now,
-                                                  sop_instance_uid, sha256)
+                return self._record_instance_once(
+                    study_uid, series_uid, nbytes, spool_path, now, sop_instance_uid, sha256
+                )
             except IntegrityError:
                 if attempt == RECORD_ATTEMPTS - 1:
                     raise
                 log.debug("series version opened concurrently; recording the instance again")
         raise AssertionError("unreachable")
 
-    def _record_instance_once(self, study_uid: str, series_uid: str, nbytes: int, spool_path: str,
-                              now: datetime, sop_instance_uid: str | None, sha256: str | None) -> Series:
+    def _record_instance_once(
+        self,
+        study_uid: str,
+        series_uid: str,
+        nbytes: int,
+        spool_path: str,
+        now: datetime,
+        sop_instance_uid: str | None,
+        sha256: str | None,
+    ) -> Series:
         with self.transaction() as session:
             latest = session.scalars(
                 select(Series)
@@ -549,6 +564,7 @@ class Ledger:
             attempts=0,
             next_attempt_at=now,
             sent_instances=[],
+            in_doubt_instances=[],
             created_at=now,
         )
         session.add(delivery)
@@ -699,22 +715,60 @@ class Ledger:
             )
             return bool(result.rowcount == 1)  # type: ignore[attr-defined]
 
+    def _locked_delivery(self, session: Session, delivery_id: int) -> Delivery:
+        delivery = session.get(
+            Delivery,
+            delivery_id,
+            with_for_update=session.bind.dialect.name != "sqlite",  # type: ignore[union-attr]
+        )
+        if delivery is None:
+            raise NotFound(f"delivery {delivery_id} does not exist")
+        return delivery
+
+    def mark_in_doubt(self, delivery_id: int, sop_instance_uid: str) -> None:
+        """Note, before its C-STORE goes out, that ``sop_instance_uid`` is being sent: until its answer is
+        on record (:meth:`record_sent_instance`, :meth:`record_not_stored`), a crash leaves it *in doubt*,
+        and the next attempt asks the destination about it before sending it again."""
+        with self.transaction() as session:
+            delivery = self._locked_delivery(session, delivery_id)
+            if sop_instance_uid not in delivery.in_doubt_instances:
+                delivery.in_doubt_instances = sorted({*delivery.in_doubt_instances, sop_instance_uid})
+
     def record_sent_instance(self, delivery_id: int, sop_instance_uid: str) -> None:
         """Note at once that the destination stored ``sop_instance_uid`` (its C-STORE Success arrived).
 
         Called per instance while an association is still open, so a crash mid-delivery never sends an
-        instance again that the destination already acknowledged.
+        instance again that the destination already acknowledged. The instance is no longer in doubt.
         """
         with self.transaction() as session:
-            delivery = session.get(
-                Delivery,
-                delivery_id,
-                with_for_update=session.bind.dialect.name != "sqlite",  # type: ignore[union-attr]
-            )
-            if delivery is None:
-                raise NotFound(f"delivery {delivery_id} does not exist")
+            delivery = self._locked_delivery(session, delivery_id)
             if sop_instance_uid not in delivery.sent_instances:
                 delivery.sent_instances = sorted({*delivery.sent_instances, sop_instance_uid})
+            _drop_in_doubt(delivery, {sop_instance_uid})
+
+    def record_not_stored(self, delivery_id: int, sop_instance_uid: str) -> None:
+        """The destination answered the C-STORE of ``sop_instance_uid`` with a failure status: it does not
+        hold it, so it is no longer in doubt (the next attempt sends it without asking)."""
+        with self.transaction() as session:
+            delivery = self._locked_delivery(session, delivery_id)
+            _drop_in_doubt(delivery, {sop_instance_uid})
+
+    def settle_in_doubt(
+        self, delivery_id: int, *, held: Sequence[str], detail: str, now: datetime | None = None
+    ) -> Delivery:
+        """Record what became of the instances in doubt before an attempt sends anything: ``held`` (the
+        destination answered that it holds them) are sent and never sent again; the others stay in doubt
+        until their C-STORE is answered. ``detail`` (no UIDs) goes to a ``delivery.in_doubt`` event."""
+        now = now or utcnow()
+        with self.transaction() as session:
+            delivery = self._locked_delivery(session, delivery_id)
+            found = set(held)
+            delivery.sent_instances = sorted(set(delivery.sent_instances) | found)
+            _drop_in_doubt(delivery, found)
+            self._event(
+                session, now, "delivery.in_doubt", detail, job_id=delivery.job_id, delivery_id=delivery.id
+            )
+            return delivery
 
     def list_deliveries(self, job_id: int | None = None) -> list[Delivery]:
         with self.transaction() as session:
@@ -754,6 +808,7 @@ class Ledger:
                 raise IllegalTransition(f"delivery {delivery_id} is {delivery.state.value}, not PENDING")
             delivery.attempts += 1
             delivery.sent_instances = sorted(set(delivery.sent_instances) | set(sent_instances))
+            _drop_in_doubt(delivery, set(delivery.sent_instances))
             delivery.last_status = status
             delivery.last_error = error
             if outcome == DeliveryState.PENDING:
@@ -819,6 +874,7 @@ class Ledger:
         delivery.state = DeliveryState.PENDING
         delivery.attempts = 0
         delivery.sent_instances = []
+        delivery.in_doubt_instances = []
         delivery.next_attempt_at = now
         delivery.finished_at = None
         self._event(session, now, "delivery.pending", detail, job_id=delivery.job_id, delivery_id=delivery.id)

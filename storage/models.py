@@ -183,6 +183,10 @@ class Delivery(Base):
     last_error: Mapped[str | None] = mapped_column(Text, default=None)
     #: SOP Instance UIDs already stored at this destination (never sent again).
     sent_instances: Mapped[list[str]] = mapped_column(JSON, default=list)
+    #: SOP Instance UIDs whose C-STORE went out and got neither Success nor a failure status on record (a
+    #: crash or a lost association in between): the destination may or may not hold them. Recorded before
+    #: each C-STORE; the next attempt asks the destination about them (``query_before_resend``).
+    in_doubt_instances: Mapped[list[str]] = mapped_column(JSON, default=list)
     #: When the delivery row was created.
     created_at: Mapped[datetime]
     #: When the delivery completed (DELIVERED/FAILED/CANCELLED).

@@ -24,6 +24,7 @@ from typing import Any
 
 from pynetdicom import AE, evt
 from pynetdicom.association import Association
+from pynetdicom.pdu_primitives import A_ASSOCIATE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from agent.errors import UserError
@@ -38,6 +39,7 @@ __all__ = [
     "destination_echo",
     "echo_destination",
     "echo_peer",
+    "open_association",
 ]
 
 #: OpenSSL verify codes for a certificate that does not name the host (X509_V_ERR_HOSTNAME_MISMATCH,
@@ -179,6 +181,37 @@ def associate(
             )
             reason = f"the destination closed the TLS connection without answering; {question}"
     return assoc, reason
+
+
+def open_association(
+    ae: AE, host: str, port: int, *, called_ae: str, tls: ClientTls | None = None
+) -> tuple[Association, str | None]:
+    """:func:`associate`, and when no association came of it, why in words (None when it is established):
+    the peer's rejection (result, source, reason), no accepted presentation context, the TLS failure, or
+    "connection refused, unreachable, timed out or aborted". Raises :class:`ConfigError` like
+    :func:`associate`."""
+    destination = f"{called_ae}@{host}:{port}"
+    rejection: list[str] = []
+
+    def _on_acse_recv(event: Any) -> None:
+        primitive = event.primitive
+        if isinstance(primitive, A_ASSOCIATE) and primitive.result in (0x01, 0x02):
+            rejection.append(f"{primitive.result_str}, source {primitive.source_str}: {primitive.reason_str}")
+
+    assoc, tls_failure = associate(
+        ae, host, port, called_ae=called_ae, tls=tls, evt_handlers=[(evt.EVT_ACSE_RECV, _on_acse_recv)]
+    )
+    if assoc.is_established:
+        return assoc, None
+    if assoc.is_rejected:
+        reason = rejection[0] if rejection else "no reason given"
+        return assoc, f"{destination} rejected the association ({reason})"
+    if assoc.rejected_contexts and not assoc.accepted_contexts:
+        # The peer accepted the association but none of the contexts; pynetdicom then aborts it.
+        return assoc, f"{destination} accepted none of the proposed presentation contexts"
+    if tls_failure is not None:
+        return assoc, f"no association with {destination} over TLS: {tls_failure}"
+    return assoc, f"no association with {destination}: connection refused, unreachable, timed out or aborted"
 
 
 # --- C-ECHO --------------------------------------------------------------------------------------------

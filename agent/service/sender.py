@@ -20,6 +20,15 @@ re-sends an instance that was stored: each instance is recorded as sent the mome
 (or warning) arrives, while the association is still open. A sending attempt holds its delivery for
 ``delivery.lease_s`` (other agents on the ledger skip it); after a crash mid-send the delivery is due
 again when that lease ends, and only the instances without a recorded Success are sent.
+
+Exactly once where the destination can say what it holds: before each C-STORE the instance is marked *in
+doubt* in the ledger (:meth:`storage.Ledger.mark_in_doubt`); its answer (Success, or a failure status)
+clears the mark. An instance still in doubt at the next attempt went out before a crash or a lost
+association, and the destination may have stored it. With the destination's ``query_before_resend`` (the
+default) the sender asks it by C-FIND (:mod:`agent.service.instance_query`) and records those it holds as
+sent; the others are sent again. When the query cannot be answered (no C-FIND, refused, a failure status)
+they are sent again: at-least-once, said at WARNING and in a ``delivery.in_doubt`` event. A destination
+that cannot be reached at all is retried later like any other attempt that cannot connect.
 """
 
 from __future__ import annotations
@@ -34,10 +43,10 @@ from typing import Any
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE, evt
-from pynetdicom.pdu_primitives import A_ASSOCIATE
+from pynetdicom import AE
 
-from agent.service.dicom_client import ClientTls, associate
+from agent.service.dicom_client import ClientTls, open_association
+from agent.service.instance_query import InstanceKey, QueryFailed, held_instances
 from agent.service.manifest import ManifestError, read_manifest
 from agent.web import metrics
 from config import ConfigError
@@ -141,6 +150,8 @@ class _Item:
     sop_class_uid: str
     sop_instance_uid: str
     transfer_syntax: UID
+    study_instance_uid: str = ""
+    series_instance_uid: str = ""
 
 
 def _scan(files: Sequence[Path]) -> tuple[list[_Item], list[StoreResult]]:
@@ -155,6 +166,8 @@ def _scan(files: Sequence[Path]) -> tuple[list[_Item], list[StoreResult]]:
                     str(header.SOPClassUID),
                     str(header.SOPInstanceUID),
                     UID(header.file_meta.TransferSyntaxUID),
+                    str(header.get("StudyInstanceUID", "")),
+                    str(header.get("SeriesInstanceUID", "")),
                 )
             )
         except (OSError, InvalidDicomError, AttributeError) as exc:
@@ -182,6 +195,8 @@ def send_files(
     timeout_s: float = 30.0,
     skip_instances: Collection[str] = (),
     on_stored: Callable[[str], None] | None = None,
+    on_sending: Callable[[str], None] | None = None,
+    on_not_stored: Callable[[str], None] | None = None,
     tls: ClientTls | None = None,
 ) -> SendOutcome:
     """Store ``files`` at ``called_ae@host:port`` in one association, calling as ``calling_ae``.
@@ -189,7 +204,9 @@ def send_files(
     Files whose SOP Instance UID is in ``skip_instances`` are not sent (and not reported). Unreadable
     files are reported with status None. Each C-STORE's status is returned; a failed C-STORE does not
     stop the others. ``on_stored(sop_instance_uid)`` is called as soon as the peer answers a C-STORE with
-    success or a warning, before the next file is sent. ``tls``: call over DICOM TLS.
+    success or a warning, before the next file is sent; ``on_sending(sop_instance_uid)`` just before its
+    C-STORE goes out, ``on_not_stored(sop_instance_uid)`` when the peer answers it with a failure status.
+    ``tls``: call over DICOM TLS.
 
     Raises:
         AssociationFailed: the association was rejected, aborted or could not be opened (over TLS: the
@@ -211,35 +228,18 @@ def send_files(
     for sop_class, syntaxes in _contexts(items):
         ae.add_requested_context(sop_class, syntaxes)
 
-    rejection: list[str] = []
-
-    def _on_acse_recv(event: Any) -> None:
-        primitive = event.primitive
-        if isinstance(primitive, A_ASSOCIATE) and primitive.result in (0x01, 0x02):
-            rejection.append(f"{primitive.result_str}, source {primitive.source_str}: {primitive.reason_str}")
-
-    assoc, tls_failure = associate(
-        ae, host, port, called_ae=called_ae, tls=tls, evt_handlers=[(evt.EVT_ACSE_RECV, _on_acse_recv)]
-    )
-    if not assoc.is_established:
-        if assoc.is_rejected:
-            reason = rejection[0] if rejection else "no reason given"
-            raise AssociationFailed(f"{destination} rejected the association ({reason})")
-        if assoc.rejected_contexts and not assoc.accepted_contexts:
-            # The peer accepted the association but none of the contexts; pynetdicom then aborts it.
-            raise AssociationFailed(f"{destination} accepted none of the proposed presentation contexts")
-        if tls_failure is not None:
-            raise AssociationFailed(f"no association with {destination} over TLS: {tls_failure}")
-        raise AssociationFailed(
-            f"no association with {destination}: connection refused, unreachable, timed out or aborted"
-        )
+    assoc, failure = open_association(ae, host, port, called_ae=called_ae, tls=tls)
+    if failure is not None:
+        raise AssociationFailed(failure)
     try:
         accepted = {str(cx.abstract_syntax) for cx in assoc.accepted_contexts}
         for item in items:
-            result = _store_one(assoc, item, accepted)
+            result = _store_one(assoc, item, accepted, on_sending)
             results.append(result)
             if result.stored and on_stored is not None:
                 on_stored(item.sop_instance_uid)
+            elif result.status is not None and not result.stored and on_not_stored is not None:
+                on_not_stored(item.sop_instance_uid)
             if not assoc.is_established:
                 break
         sent = {r.path for r in results}
@@ -256,12 +256,16 @@ def send_files(
     return outcome
 
 
-def _store_one(assoc: Any, item: _Item, accepted: set[str]) -> StoreResult:
+def _store_one(
+    assoc: Any, item: _Item, accepted: set[str], on_sending: Callable[[str], None] | None
+) -> StoreResult:
     if item.sop_class_uid not in accepted:
         # 0x0122 "SOP Class not supported": the peer refused the context for this class.
         return StoreResult(item.path, item.sop_instance_uid, 0x0122, "SOP Class not accepted by the peer")
     try:
         dataset = dcmread(item.path)
+        if on_sending is not None:
+            on_sending(item.sop_instance_uid)
         response = assoc.send_c_store(dataset)
     except (OSError, ValueError, RuntimeError) as exc:
         return StoreResult(item.path, item.sop_instance_uid, None, f"{exc.__class__.__name__}: {exc}")
@@ -361,6 +365,14 @@ def deliver(ledger: Ledger, settings: Settings, spool: Spool, delivery: Delivery
     if not files:
         return record(DeliveryState.FAILED, error=f"job {job.id}: no DICOM files in its output folder")
 
+    skip = set(delivery.sent_instances)
+    in_doubt = sorted(set(delivery.in_doubt_instances) - skip)
+    if in_doubt:
+        try:
+            calling = policy.calling_ae_title
+            skip |= _settle_in_doubt(ledger, delivery, destination, files, in_doubt, calling, now)
+        except QueryFailed as exc:  # the destination cannot be reached: nothing can be sent either
+            return record(DeliveryState.PENDING, error=str(exc))
     try:
         outcome = send_files(
             destination.ae_title,
@@ -368,8 +380,10 @@ def deliver(ledger: Ledger, settings: Settings, spool: Spool, delivery: Delivery
             destination.port,
             files,
             calling_ae=policy.calling_ae_title,
-            skip_instances=set(delivery.sent_instances),
+            skip_instances=skip,
             on_stored=lambda sop: ledger.record_sent_instance(delivery.id, sop),
+            on_sending=lambda sop: ledger.mark_in_doubt(delivery.id, sop),
+            on_not_stored=lambda sop: ledger.record_not_stored(delivery.id, sop),
             tls=ClientTls.of(destination),
         )
     except (AssociationFailed, ConfigError) as exc:
@@ -382,6 +396,70 @@ def deliver(ledger: Ledger, settings: Settings, spool: Spool, delivery: Delivery
         DeliveryState.FAILED if any(f.permanent_failure for f in outcome.failures) else DeliveryState.PENDING
     )
     return record(state, sent=outcome.stored_instances, status=last.status, error=outcome.summary())
+
+
+def _settle_in_doubt(
+    ledger: Ledger,
+    delivery: Delivery,
+    destination: Destination,
+    files: Sequence[Path],
+    in_doubt: Sequence[str],
+    calling_ae: str,
+    now: datetime,
+) -> set[str]:
+    """Before an attempt sends anything: the instances in doubt (their C-STORE went out, no answer on
+    record) that the destination already holds, asked by C-FIND when ``query_before_resend`` is set. Those
+    are recorded as sent; the others are sent again. What was done is logged and in a ``delivery.in_doubt``
+    event (counts, no UIDs).
+
+    Raises :class:`QueryFailed` (``unreachable``) when the destination cannot be reached at all: the
+    attempt then waits like any other that cannot connect, and asks again next time.
+    """
+    extra = {"delivery_id": delivery.id, "destination": delivery.destination}
+    n = len(in_doubt)
+    what = f"{n} instance(s) in doubt (sent before an interruption, no answer on record)"
+    if not destination.query_before_resend:
+        detail = f"{what}: sent again without asking (query_before_resend = false): at-least-once"
+        log.info("delivery %d: %s", delivery.id, detail, extra=extra)
+        metrics.note_in_doubt(delivery.destination, "not_asked", n)
+        ledger.settle_in_doubt(delivery.id, held=[], detail=detail, now=now)
+        return set()
+    items, _ = _scan(files)
+    keys = [
+        InstanceKey(item.study_instance_uid, item.series_instance_uid, item.sop_instance_uid)
+        for item in items
+        if item.sop_instance_uid in set(in_doubt)
+    ]
+    try:
+        held = held_instances(
+            destination.ae_title,
+            destination.host,
+            destination.port,
+            keys,
+            calling_ae=calling_ae,
+            tls=ClientTls.of(destination),
+        )
+    except QueryFailed as exc:
+        if exc.unreachable:
+            raise
+        detail = f"{what}: asking the destination failed ({exc}); sent again: at-least-once"
+        log.warning("delivery %d: %s", delivery.id, detail, extra=extra)
+        metrics.note_in_doubt(delivery.destination, "query_failed", n)
+        ledger.settle_in_doubt(delivery.id, held=[], detail=detail, now=now)
+        return set()
+    except ConfigError as exc:  # TLS files gone since the start: the send fails the same way
+        raise QueryFailed(str(exc), unreachable=True) from None
+    detail = (
+        f"{what}: the destination holds {len(held)} (C-FIND), not sent again; "
+        f"{n - len(held)} not held, sent again"
+    )
+    log.info("delivery %d: %s", delivery.id, detail, extra=extra)
+    if held:
+        metrics.note_in_doubt(delivery.destination, "held", len(held))
+    if n - len(held):
+        metrics.note_in_doubt(delivery.destination, "not_held", n - len(held))
+    ledger.settle_in_doubt(delivery.id, held=sorted(held), detail=detail, now=now)
+    return held
 
 
 def _destination(settings: Settings, name: str) -> Destination | None:

@@ -68,10 +68,23 @@ DELIVERY_ATTEMPTS = Counter(
     ["outcome", "destination"],
     registry=REGISTRY,
 )
+DELIVERY_IN_DOUBT = Counter(
+    "spine_agent_delivery_in_doubt_instances",
+    "Instances in doubt after an interrupted attempt (sent, no answer on record), by what became of them: "
+    "held (the destination answered C-FIND that it holds them; not sent again), not_held (sent again), "
+    "query_failed (no answer to C-FIND; sent again), not_asked (query_before_resend = false; sent again)",
+    ["outcome", "destination"],
+    registry=REGISTRY,
+)
 
 #: The last sending attempt per destination in this process (``/readyz`` shows it, for information).
 _DESTINATION_STATUS: dict[str, dict[str, str | None]] = {}
 _DESTINATION_LOCK = threading.Lock()
+
+
+def note_in_doubt(destination: str, outcome: str, count: int) -> None:
+    """Count ``count`` instances in doubt at ``destination`` and what became of them (see the counter)."""
+    DELIVERY_IN_DOUBT.labels(outcome=outcome, destination=destination).inc(count)
 
 
 def note_delivery_attempt(destination: str, outcome: str, error: str | None, at: datetime) -> None:
@@ -103,6 +116,7 @@ def destination_status(names: list[str]) -> dict[str, dict[str, str | None]]:
     }
     with _DESTINATION_LOCK:
         return {name: {**empty, **_DESTINATION_STATUS.get(name, {})} for name in names}
+
 
 # Host and model
 DISK_FREE = Gauge("spine_agent_disk_free_bytes", "Free bytes on the spool's file system", registry=REGISTRY)

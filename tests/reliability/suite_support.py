@@ -407,6 +407,113 @@ def start_storescp(
     return StoreSCP(directory, free_port(), extra=extra).start()
 
 
+#: SOP Class UIDs of structured reports start with this (Basic Text SR, Enhanced SR, Comprehensive SR...).
+_SR_CLASS_PREFIX = "1.2.840.10008.5.1.4.1.1.88."
+
+
+@dataclass
+class QueryStoreSCP:
+    """A destination that answers C-STORE and, unless ``find`` is False, C-FIND (Study Root Query/Retrieve,
+    IMAGE level, matching on the Study, Series and SOP Instance UIDs given), like a PACS (Orthanc) does.
+
+    A pynetdicom SCP in the test process. Every reception is written to its own file before the answer is
+    sent, and counted (:meth:`held`), so an instance sent twice is held twice (unlike Orthanc, which keeps
+    one copy per SOP Instance UID and so cannot count a re-send); C-FIND answers from what was received.
+
+    Faults on the first SR received (after it is written and counted): ``hold_first_sr_s`` sleeps that long
+    before answering (a kill of the sender lands in between: it never sees the Success); ``abort_first_sr``
+    aborts the association instead of answering. ``first_sr_held`` is set when either happens.
+    """
+
+    directory: Path
+    port: int
+    ae_title: str = "QDEST"
+    find: bool = True
+    hold_first_sr_s: float = 0.0
+    abort_first_sr: bool = False
+    #: Seconds every C-STORE takes after the instance is written (a slow PACS: deliveries last long enough
+    #: for a kill to land inside them).
+    store_delay_s: float = 0.0
+    finds: int = 0
+    first_sr_held: Any = None
+    _received: list[tuple[str, str, str]] = field(default_factory=list)  # (study, series, sop) in order
+    _lock: Any = None
+    _server: Any = None
+
+    def start(self) -> QueryStoreSCP:
+        import threading
+
+        from pynetdicom import AE, StoragePresentationContexts, evt
+        from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+            StudyRootQueryRetrieveInformationModelFind,
+            Verification,
+        )
+
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self.first_sr_held = threading.Event()
+        ae = AE(ae_title=self.ae_title)
+        ae.supported_contexts = StoragePresentationContexts
+        ae.add_supported_context(Verification)
+        if self.find:
+            ae.add_supported_context(StudyRootQueryRetrieveInformationModelFind)
+        handlers: list[Any] = [(evt.EVT_C_STORE, self._on_store), (evt.EVT_C_FIND, self._on_find)]
+        self._server = ae.start_server(("127.0.0.1", self.port), block=False, evt_handlers=handlers)
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server = None
+
+    def _on_store(self, event: Any) -> int:
+        ds = event.dataset
+        ds.file_meta = event.file_meta
+        keys = (str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID))
+        with self._lock:
+            n = len(self._received)
+            ds.save_as(self.directory / f"{n:06d}.dcm", enforce_file_format=True)
+            self._received.append(keys)
+            fault = str(ds.SOPClassUID).startswith(_SR_CLASS_PREFIX) and not self.first_sr_held.is_set()
+            if fault:
+                self.first_sr_held.set()
+        if fault and self.abort_first_sr:
+            event.assoc.abort()
+            return 0x0000  # never sent: the association is gone
+        if fault and self.hold_first_sr_s:
+            time.sleep(self.hold_first_sr_s)
+        time.sleep(self.store_delay_s)
+        return 0x0000
+
+    def _on_find(self, event: Any) -> Iterable[tuple[int, Any]]:
+        query = event.identifier
+        with self._lock:
+            self.finds += 1
+            received = list(dict.fromkeys(self._received))
+        if str(query.get("QueryRetrieveLevel", "")) != "IMAGE":
+            yield 0xA900, None  # this test PACS answers IMAGE-level queries only
+            return
+        wanted = [
+            str(query.get(k, "") or "") for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
+        ]
+        for keys in received:
+            if all(not w or w == k for w, k in zip(wanted, keys, strict=True)):
+                answer = pydicom.Dataset()
+                answer.QueryRetrieveLevel = "IMAGE"
+                answer.StudyInstanceUID, answer.SeriesInstanceUID, answer.SOPInstanceUID = keys
+                yield 0xFF00, answer
+
+    def held(self) -> Counter[str]:
+        """How many times the destination received (and holds a file of) each SOP Instance UID."""
+        with self._lock:
+            return Counter(sop for _, _, sop in self._received)
+
+
+def start_query_scp(directory: Path, **options: Any) -> QueryStoreSCP:
+    """:class:`QueryStoreSCP` on a free loopback port."""
+    return QueryStoreSCP(directory, free_port(), **options).start()
+
+
 def _port_open(port: int) -> bool:
     import socket
 

@@ -10,8 +10,13 @@ After the last kill the agent is started once more and left to drain. Then:
 
 * every instance storescu saw Success for is on disk in the spool and counted in the ledger;
 * every series version has exactly one job, and it is finished;
-* every result (SEG, SR) of every succeeded job is held by the destination (DCMTK storescp, one file per
-  received instance) exactly once.
+* every result (SEG, SR) of every succeeded job is held by the destination, counted per reception.
+
+The destination is either a PACS that answers C-FIND (:class:`QueryStoreSCP`, the sender's default
+``query_before_resend = true``): every result must be held exactly once, the one in flight at a kill
+included (the sender asks before re-sending it); or DCMTK storescp (``+uf``, no C-FIND): the sender
+cannot ask and re-sends an instance in doubt, so at most one result per kill may be held twice
+(at-least-once). The default run has the first with 10 kills; the long variant both.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -31,15 +37,18 @@ from storage import DeliveryState, JobState
 from storage.ledger import utcnow
 from tests.agent.service.conftest import SyntheticSeries
 from tests.reliability.suite_support import (
+    LONG_ENV,
     LedgerView,
+    QueryStoreSCP,
     StoreSCP,
     SuiteAgent,
+    long_marks,
     make_agent,
     make_series,
     result_uids,
+    start_query_scp,
     start_storescp,
     storescu,
-    variants,
     wait_for,
     write_report,
 )
@@ -57,12 +66,17 @@ START_S = 300.0
 DELIVERY_LEASE_S = 5.0
 
 
+#: The destinations a campaign sends to: one that answers C-FIND (exactly-once), DCMTK storescp (not).
+QUERY, STORESCP = "query", "storescp"
+
+
 @dataclass
 class Campaign:
     kills: int
     series: list[SyntheticSeries]
     agent: SuiteAgent
-    dest: StoreSCP
+    dest: StoreSCP | QueryStoreSCP
+    destination: str = QUERY
     acknowledged: dict[str, tuple[str, str]] = field(default_factory=dict)  # sop -> (study, series)
     resends: int = 0
     kill_delays: list[float] = field(default_factory=list)
@@ -73,18 +87,22 @@ class Campaign:
     seconds: float = 0.0
 
 
-def run_campaign(root: Path, kills: int, seed: int) -> Campaign:
+def run_campaign(root: Path, kills: int, seed: int, destination: str = QUERY) -> Campaign:
     t0 = time.monotonic()
     rng = random.Random(seed)
     series = make_series(root / "series", max(20, 2 * kills), seed=seed)
-    dest = start_storescp(root / "dest")
+    dest: StoreSCP | QueryStoreSCP = (
+        start_query_scp(root / "dest", ae_title="DEST")
+        if destination == QUERY
+        else start_storescp(root / "dest")
+    )
     agent = make_agent(
         root / "agent",
         destinations=[("dest", "DEST", dest.port)],
         delivery={"retry_base_s": 0.5, "retry_cap_s": 2.0, "lease_s": DELIVERY_LEASE_S},
         engine_delay_s=0.3,
     )
-    campaign = Campaign(kills, series, agent, dest)
+    campaign = Campaign(kills, series, agent, dest, destination)
     pending = list(series)
     try:
         for _ in range(kills):
@@ -208,6 +226,7 @@ def _report(c: Campaign) -> None:
         "kills",
         [
             {
+                "destination": c.destination,
                 "kills": c.kills,
                 "series": len(c.series),
                 "series_resent": c.resends,
@@ -227,13 +246,21 @@ def _report(c: Campaign) -> None:
     )
 
 
-@pytest.fixture(
-    scope="module",
-    params=variants(SHORT_KILLS, LONG_KILLS),
-)
+def _variants() -> list[Any]:
+    """The short campaign (to a destination that answers C-FIND) and, with $SPINE_SUITE_LONG=1, the long one
+    to each kind of destination."""
+    out = [pytest.param((SHORT_KILLS, QUERY), id="short")]
+    if os.environ.get(LONG_ENV) == "1":
+        out.append(pytest.param((LONG_KILLS, QUERY), id="long", marks=long_marks()))
+        out.append(pytest.param((LONG_KILLS, STORESCP), id="long-storescp", marks=long_marks()))
+    return out
+
+
+@pytest.fixture(scope="module", params=_variants())
 def campaign(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Campaign:
-    kills = int(request.param)
-    return run_campaign(tmp_path_factory.mktemp(f"kills-{kills}"), kills, SEED + kills)
+    kills, destination = request.param
+    root = tmp_path_factory.mktemp(f"kills-{kills}-{destination}")
+    return run_campaign(root, kills, SEED + kills, destination)
 
 
 def test_every_acknowledged_instance_survives_the_kills(campaign: Campaign) -> None:
@@ -246,14 +273,18 @@ def test_every_series_version_ends_in_exactly_one_finished_job(campaign: Campaig
     assert bad_versions(campaign) == []
 
 
-def test_every_result_is_delivered_and_at_most_the_one_in_flight_twice(campaign: Campaign) -> None:
-    """Every result of every succeeded job is held by the destination; a result is held twice only when a
-    kill fell between the destination storing it and the agent recording its Success (DICOM has no way to
-    ask whether a store landed short of Storage Commitment): at most one instance per kill."""
+def test_every_result_is_delivered_once_where_the_destination_answers_c_find(campaign: Campaign) -> None:
+    """Every result of every succeeded job is held by the destination. A kill that falls between the
+    destination storing a result and the agent recording its Success leaves that result in doubt: a
+    destination that answers C-FIND is asked and holds every result exactly once; storescp cannot be
+    asked, so the result is sent again: at most one instance per kill held twice (at-least-once)."""
     twice, missing = delivery_counts(campaign)
     assert missing == []
     extra = sum(campaign.held[uid] - 1 for uid in twice)
-    assert extra <= campaign.kills, f"{extra} result instances re-sent after {campaign.kills} kills"
+    if campaign.destination == QUERY:
+        assert twice == [], f"{extra} result instances re-sent after {campaign.kills} kills"
+    else:
+        assert extra <= campaign.kills, f"{extra} result instances re-sent after {campaign.kills} kills"
 
 
 # --- a kill while a delivery is half done (deterministic) ---------------------------------------------
