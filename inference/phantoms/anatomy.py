@@ -905,14 +905,16 @@ def _ribs(spec: AnatomySpec, layout: SpineLayout, rng: np.random.Generator) -> t
         # From the tubercle the shaft runs on, back and out, to the rib's angle: the rib cage's most
         # posterior point lies beside the spine, behind the transverse processes, a few mm lateral of
         # the tubercle at rib 1 and 4-6 cm at ribs 7-10 (the paravertebral gutter that the lungs and
-        # the erector spinae fill). Near the spine the lower ribs already slope down (~20-30 degrees
-        # at ribs 10-12 in a frontal view). The last two ribs float: their length varies widely (the
-        # 12th from a stub of a few cm to as long as the 11th) and they are slimmer.
+        # the erector spinae fill), and 0.3-0.6 of that behind it (real ribs leave the transverse
+        # process ~45 degrees behind the frontal plane: sub-verse012, axial projections). Near the
+        # spine the lower ribs already slope down (~20-30 degrees at ribs 10-12 in a frontal view).
+        # The last two ribs float: their length varies widely (the 12th from a stub of a few cm to as
+        # long as the 11th) and they are slimmer.
         floating = n >= n_ribs - 2
         lat_ang = (8.0 + 44.0 * min(n, 7) / 7) * bs * float(course.uniform(0.8, 1.2))
         if floating:
             lat_ang *= 0.75 if n == n_ribs - 2 else 0.5
-        back_ang = float(course.uniform(5.0, 12.0))
+        back_ang = 2.0 + lat_ang * float(course.uniform(0.3, 0.6))
         rib_slope = np.radians(6.0 + 20.0 * min(n, 11) / 11 + float(course.normal(0.0, 4.0)))
         end_n = float(end_phi[n])
         if floating:
