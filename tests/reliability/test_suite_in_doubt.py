@@ -181,7 +181,7 @@ def test_kills_during_delivery_leave_every_result_held_once(tmp_path: Path) -> N
     and how many of them the destination had already stored (those a re-send would have doubled). At the end
     every result of every succeeded job is held exactly once."""
     rng = random.Random(15_152)
-    series = make_series(tmp_path / "series", 12, seed=15_152)
+    series = make_series(tmp_path / "series", 20, seed=15_152)
     dest = start_query_scp(tmp_path / "dest", store_delay_s=0.5)
     agent = make_agent(
         tmp_path / "agent",
@@ -190,7 +190,7 @@ def test_kills_during_delivery_leave_every_result_held_once(tmp_path: Path) -> N
         engine_delay_s=0.0,
     )
     t0 = time.monotonic()
-    in_doubt_at_kill = stored_in_doubt = kills_in_delivery = 0
+    kills = in_doubt_at_kill = stored_in_doubt = kills_in_delivery = 0
     try:
         agent.start(timeout_s=300)
         assert storescu(agent.dicom_port, [f for s in series for f in s.files]).wait(300) == 0
@@ -200,7 +200,7 @@ def test_kills_during_delivery_leave_every_result_held_once(tmp_path: Path) -> N
             jobs = ledger.list_jobs()
             deliveries = ledger.list_deliveries()
             return (
-                len(jobs) == len(series)
+                len(jobs) >= len(series)  # a series may be split into two versions, each with its job
                 and all(j.state.value not in ("QUEUED", "RUNNING") for j in jobs)
                 and len(deliveries) == sum(j.state.value == "SUCCEEDED" for j in jobs)
                 and all(d.state == DeliveryState.DELIVERED for d in deliveries)
@@ -220,12 +220,14 @@ def test_kills_during_delivery_leave_every_result_held_once(tmp_path: Path) -> N
                 wait_for(receiving, 120, 0.05, what="a delivery in flight")
             time.sleep(rng.uniform(0.0, 1.2))
             agent.kill()
+            kills += 1
             doubt = {u for d in ledger.list_deliveries() for u in d.in_doubt_instances}
             kills_in_delivery += bool(doubt)
             in_doubt_at_kill += len(doubt)
             held = dest.held()
             stored_in_doubt += sum(1 for u in doubt if held[u])
-        agent.start(timeout_s=300)
+        if not agent.alive:
+            agent.start(timeout_s=300)
         wait_for(drained, 300, 0.5, what="every delivery finished\n" + agent.log_tail())
         results = [uid for job in ledger.list_jobs() for uid in result_uids(agent, job.output_path)]
         held = dest.held()
@@ -236,7 +238,7 @@ def test_kills_during_delivery_leave_every_result_held_once(tmp_path: Path) -> N
             "kills-during-delivery",
             [
                 {
-                    "kills": agent.starts - 1,
+                    "kills": kills,
                     "kills_with_an_instance_in_doubt": kills_in_delivery,
                     "instances_in_doubt_at_kills": in_doubt_at_kill,
                     "of_them_already_stored_by_the_destination": stored_in_doubt,
