@@ -44,6 +44,7 @@ from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
+from pynetdicom.status import code_to_category
 
 from agent.service.dicom_client import ClientTls, open_association
 from agent.service.instance_query import InstanceKey, QueryFailed, held_instances
@@ -71,7 +72,8 @@ log = logging.getLogger(__name__)
 #: pynetdicom's (and DICOM's) limit on presentation contexts in one association request.
 MAX_CONTEXTS = 128
 _UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
-#: C-STORE statuses that mean "stored" (PS3.4 B.2.3): success and the three warnings.
+#: C-STORE statuses that mean "stored" (PS3.4 B.2.3): success and the three warnings; any other status of
+#: the Warning category (PS3.7 Annex C: 0x0001, 0x0107, 0x0116) also means stored.
 _STORED = frozenset({0x0000, 0xB000, 0xB006, 0xB007})
 #: Failures that waiting will not cure: SOP Class not supported / refused, data set does not match.
 _PERMANENT_STATUSES = frozenset({0x0122, 0x0124})
@@ -100,7 +102,9 @@ class StoreResult:
     @property
     def stored(self) -> bool:
         """The peer stored the instance (success or a warning status)."""
-        return self.status in _STORED
+        if self.status is None:
+            return False
+        return self.status in _STORED or code_to_category(self.status) == "Warning"
 
     @property
     def permanent_failure(self) -> bool:

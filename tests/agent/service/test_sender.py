@@ -98,6 +98,28 @@ def test_permanent_failures_are_those_waiting_cannot_cure(status: int, permanent
     assert StoreResult(Path("x.dcm"), "1.2", status).permanent_failure is permanent
 
 
+@pytest.mark.parametrize(
+    ("status", "stored"),
+    [
+        (0x0000, True),
+        (0xB000, True),
+        (0xB006, True),
+        (0xB007, True),
+        (0x0001, True),
+        (0x0107, True),
+        (0x0116, True),
+        (0xA700, False),
+        (0xC000, False),
+        (0x0122, False),
+        (None, False),
+    ],
+)
+def test_every_warning_status_means_stored(status: int | None, stored: bool) -> None:
+    # A warning (PS3.4 B.2.3 and PS3.7 Annex C) means the peer stored the instance: it is recorded as sent,
+    # not re-sent on every attempt nor taken out of doubt as "not held".
+    assert StoreResult(Path("x.dcm"), "1.2", status).stored is stored
+
+
 def test_nothing_to_send_needs_no_association(ct_series: CTSeries) -> None:
     skip = {str(ds.SOPInstanceUID) for ds in ct_series.datasets[:2]}
     # Port 9 (discard) is never contacted: every file is skipped.
