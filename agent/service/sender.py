@@ -72,9 +72,9 @@ log = logging.getLogger(__name__)
 #: pynetdicom's (and DICOM's) limit on presentation contexts in one association request.
 MAX_CONTEXTS = 128
 _UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
-#: C-STORE statuses that mean "stored" (PS3.4 B.2.3): success and the three warnings; any other status of
-#: the Warning category (PS3.7 Annex C: 0x0001, 0x0107, 0x0116) also means stored.
-_STORED = frozenset({0x0000, 0xB000, 0xB006, 0xB007})
+#: Status categories of a C-STORE response that mean "stored": Success and every Warning (PS3.4 B.2.3's
+#: 0xB000, 0xB006, 0xB007 and PS3.7 Annex C's 0x0001, 0x0107, 0x0116).
+_STORED_CATEGORIES = ("Success", "Warning")
 #: Failures that waiting will not cure: SOP Class not supported / refused, data set does not match.
 _PERMANENT_STATUSES = frozenset({0x0122, 0x0124})
 _PERMANENT_RANGES = ((0xA900, 0xA9FF), (0xC000, 0xCFFF))
@@ -102,9 +102,7 @@ class StoreResult:
     @property
     def stored(self) -> bool:
         """The peer stored the instance (success or a warning status)."""
-        if self.status is None:
-            return False
-        return self.status in _STORED or code_to_category(self.status) == "Warning"
+        return self.status is not None and code_to_category(self.status) in _STORED_CATEGORIES
 
     @property
     def permanent_failure(self) -> bool:
@@ -429,10 +427,11 @@ def _settle_in_doubt(
         ledger.settle_in_doubt(delivery.id, held=[], detail=detail, now=now)
         return set()
     items, _ = _scan(files)
+    wanted = set(in_doubt)
     keys = [
         InstanceKey(item.study_instance_uid, item.series_instance_uid, item.sop_instance_uid)
         for item in items
-        if item.sop_instance_uid in set(in_doubt)
+        if item.sop_instance_uid in wanted
     ]
     try:
         held = held_instances(
