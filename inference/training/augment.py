@@ -41,7 +41,7 @@ class AppearanceRanges:
     noise_hu: tuple[float, float] = (0.0, 110.0)
     p_streak: float = 0.35
     bias_hu: float = 45.0
-    p_fov_cut: float = 0.5
+    p_fov_cut: float = 0.6
 
 
 def hu_transfer(hu: F32, rng: np.random.Generator, r: AppearanceRanges) -> F32:
@@ -108,27 +108,51 @@ def random_appearance(hu: F32, spacing_mm: float, rng: np.random.Generator,
     return img
 
 
+#: Cut half-widths (mm from the spine point, drawn per side) and how often each axis is cut:
+#: (k: head-foot, j: front-back, i: left-right). Left-right is drawn log-uniformly, so that slabs
+#: narrower than a stage-2 crop (VerSe's ~100 mm wide sagittal reconstructions, spine-targeted small
+#: fields of view) are about as common as wide ones: outside-FOV beside the spine is then seen as often
+#: at lumbar levels as at thoracic ones, and cannot stand in for the lungs.
+FOV_CUT_RANGES_MM = ((60.0, 250.0), (45.0, 160.0), (30.0, 150.0))
+FOV_CUT_P_AXIS = (0.2, 0.6, 0.8)
+#: Of the cuts, this share also blanks outside an axial circle (a reconstruction's circular field of
+#: view) of radius ``FOV_CIRCLE_RADIUS_MM`` centred within ``FOV_CIRCLE_OFFSET_MM`` (sigma) of the spine.
+FOV_P_CIRCLE = 0.3
+FOV_CIRCLE_RADIUS_MM = (60.0, 130.0)
+FOV_CIRCLE_OFFSET_MM = 15.0
+
+
 def cut_field_of_view(img: F32, target: npt.NDArray[np.generic] | None, centre_vox: npt.NDArray[np.float64],
                       spacing_mm: float, rng: np.random.Generator) -> None:
-    """In place: blank everything outside a random box around ``centre_vox`` (k, j, i) as outside-FOV,
-    as tightly cropped reconstructions (VerSe's 100 mm wide sagittal scans) do; ``target`` is zeroed too.
+    """In place: blank everything outside a random box (and sometimes an axial circle) around
+    ``centre_vox`` (k, j, i) as outside-FOV, as tightly cropped reconstructions do; ``target`` is zeroed
+    too.
 
     Left-right and front-back are cut tightly more often than head-foot (scans rarely cut the spine's
     length, but reformats and small fields of view cut its width)."""
-    # (k: head-foot, j: front-back, i: left-right): half-width ranges in mm around the spine point.
-    ranges = [(60.0, 250.0), (45.0, 160.0), (35.0, 130.0)]
-    probs = [0.2, 0.6, 0.7]
+    outside = np.zeros(img.shape, dtype=bool)
     for axis in range(3):
-        if rng.random() >= probs[axis]:
+        if rng.random() >= FOV_CUT_P_AXIS[axis]:
             continue
         n = img.shape[axis]
-        lo_mm, hi_mm = ranges[axis]
-        a = centre_vox[axis] - rng.uniform(lo_mm, hi_mm) / spacing_mm
-        b = centre_vox[axis] + rng.uniform(lo_mm, hi_mm) / spacing_mm
+        lo_mm, hi_mm = FOV_CUT_RANGES_MM[axis]
+        if axis == 2:
+            half = np.exp(rng.uniform(np.log(lo_mm), np.log(hi_mm), size=2))
+        else:
+            half = rng.uniform(lo_mm, hi_mm, size=2)
+        a = centre_vox[axis] - half[0] / spacing_mm
+        b = centre_vox[axis] + half[1] / spacing_mm
         a_i, b_i = int(np.clip(np.floor(a), 0, n)), int(np.clip(np.ceil(b), 0, n))
         for sl in (slice(0, a_i), slice(b_i, n)):
             idx: list[slice] = [slice(None)] * 3
             idx[axis] = sl
-            img[tuple(idx)] = OUTSIDE_HU
-            if target is not None:
-                target[tuple(idx)] = 0
+            outside[tuple(idx)] = True
+    if rng.random() < FOV_P_CIRCLE:
+        radius = rng.uniform(*FOV_CIRCLE_RADIUS_MM) / spacing_mm
+        shift = rng.normal(0, FOV_CIRCLE_OFFSET_MM / spacing_mm, 2)
+        cj, ci = np.asarray(centre_vox[1:], dtype=np.float64) + shift
+        jj, ii = np.ogrid[: img.shape[1], : img.shape[2]]
+        outside |= ((jj - cj) ** 2 + (ii - ci) ** 2 > radius**2)[None]
+    img[outside] = OUTSIDE_HU
+    if target is not None:
+        target[outside] = 0
