@@ -120,6 +120,8 @@ FOV_CUT_P_AXIS = (0.2, 0.6, 0.8)
 FOV_P_CIRCLE = 0.3
 FOV_CIRCLE_RADIUS_MM = (60.0, 130.0)
 FOV_CIRCLE_OFFSET_MM = 15.0
+#: No cut comes nearer the spine point than this (the smallest left-right half-width).
+FOV_KEEP_MM = 30.0
 
 
 def cut_field_of_view(img: F32, target: npt.NDArray[np.generic] | None, centre_vox: npt.NDArray[np.float64],
@@ -150,6 +152,8 @@ def cut_field_of_view(img: F32, target: npt.NDArray[np.generic] | None, centre_v
     if rng.random() < FOV_P_CIRCLE:
         radius = rng.uniform(*FOV_CIRCLE_RADIUS_MM) / spacing_mm
         shift = rng.normal(0, FOV_CIRCLE_OFFSET_MM / spacing_mm, 2)
+        # The field always holds the spine and FOV_KEEP_MM round it.
+        radius = max(radius, float(np.linalg.norm(shift)) + FOV_KEEP_MM / spacing_mm)
         cj, ci = np.asarray(centre_vox[1:], dtype=np.float64) + shift
         jj, ii = np.ogrid[: img.shape[1], : img.shape[2]]
         outside |= ((jj - cj) ** 2 + (ii - ci) ** 2 > radius**2)[None]
