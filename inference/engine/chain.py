@@ -52,7 +52,12 @@ SPACING_CAP = 8.0
 MAX_DROPPED_IN_A_ROW = 3
 
 
-def _region(label: int) -> str:
+#: The regions of the stage-2 region head, in its logits' order: rib-bearing (T, T13 included) or not.
+REGIONS = ("C", "T", "L")
+
+
+def region_of(label: int) -> str:
+    """C, T or L: T1-T12 and T13 bear ribs (VerSe names L1 the first vertebra without a rib), L1-L6 not."""
     if label <= 7:
         return "C"
     if label <= 19 or label == T13:
@@ -89,11 +94,14 @@ class ChainPrior:
     skip_cost: float = 6.0
     #: Cost of leaving a detection out of the chain (a duplicate, or not a vertebra).
     drop_cost: float = 3.0
+    #: Weight of the region head's evidence (C, T, L) beside the level evidence (unused where the
+    #: network has no region head).
+    region_weight: float = 1.0
     #: Patient size relative to the training phantoms (set per chain by :func:`label_chain`).
     scale: float = 1.0
 
     def pair(self, upper: int, lower: int) -> tuple[float, float]:
-        mean, std = self.spacing.get((upper, lower), _FALLBACK[_region(lower)])
+        mean, std = self.spacing.get((upper, lower), _FALLBACK[region_of(lower)])
         return mean * self.scale, std * self.scale
 
     def spacing_cost(self, pairs: Sequence[tuple[int, int]], distance_mm: float) -> float:
@@ -105,14 +113,14 @@ class ChainPrior:
     def to_json(self) -> dict[str, Any]:
         return {"spacing": [[a, b, m, s] for (a, b), (m, s) in sorted(self.spacing.items())],
                 "unary_weight": self.unary_weight, "variant_cost": self.variant_cost,
-                "skip_cost": self.skip_cost, "drop_cost": self.drop_cost}
+                "skip_cost": self.skip_cost, "drop_cost": self.drop_cost, "region_weight": self.region_weight}
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> ChainPrior:
         spacing = {(int(a), int(b)): (float(m), float(s)) for a, b, m, s in d.get("spacing", [])}
         return cls(spacing=spacing, unary_weight=float(d["unary_weight"]),
                    variant_cost=float(d["variant_cost"]), skip_cost=float(d["skip_cost"]),
-                   drop_cost=float(d.get("drop_cost", 3.0)))
+                   drop_cost=float(d.get("drop_cost", 3.0)), region_weight=float(d.get("region_weight", 1.0)))
 
 
 def fit_chain_prior(subjects: Sequence[Mapping[int, Sequence[float]]], min_std_mm: float = 2.0,
@@ -144,6 +152,18 @@ class ChainResult:
 #: proportions along the spine are what names levels), with a small cost for leaving 1.0.
 SCALES = tuple(float(s) for s in np.round(np.arange(0.8, 1.2001, 0.05), 3))
 SCALE_COST = 2.0  # per unit of |log scale|^2 / 0.01, i.e. 2 nats at 10 % off
+
+
+def with_region_evidence(log_probs: npt.ArrayLike, region_probs: npt.ArrayLike, labels: Sequence[int],
+                         weight: float) -> npt.NDArray[np.float64]:
+    """Level log probabilities ``(N, len(labels))`` plus ``weight`` x the log probability of each label's
+    region (``region_probs``: ``(N, 3)`` over :data:`REGIONS`): a labelling must agree with the region
+    evidence too, so a vertebra the region head calls lumbar is expensive to name thoracic whatever
+    level the level head favours (SPINEPS' chain adds its region softmax to its level softmax)."""
+    lp = np.asarray(log_probs, dtype=np.float64)
+    rp = np.log(np.clip(np.asarray(region_probs, dtype=np.float64), 1e-6, 1.0))
+    cols = [REGIONS.index(region_of(lab)) for lab in labels]
+    return lp + weight * rp[:, cols]
 
 
 def drop_costs(p_none: npt.ArrayLike, prior: ChainPrior) -> npt.NDArray[np.float64]:

@@ -28,7 +28,7 @@ from scipy import ndimage
 
 from dicom_io.result import Landmark, Result
 from dicom_io.volume import Volume
-from inference.engine.chain import drop_costs, label_chain
+from inference.engine.chain import drop_costs, label_chain, with_region_evidence
 from inference.engine.networks import ISEVNet, VertebraLocaliser
 from inference.engine.plan import HU_OUTSIDE, EnginePlan, Stage1Plan, Stage2Plan, normalise_hu
 from inference.engine.resample import Grid, resample, volume_bounds_lps, world_box_grid
@@ -202,12 +202,17 @@ class Vertebra:
     probs: npt.NDArray[np.float64]  # over plan.labels (renormalised without "none")
     p_none: float
     votes: int
+    #: Region evidence over :data:`~inference.engine.chain.REGIONS` (C, T, L), where the network has a
+    #: region head.
+    p_region: npt.NDArray[np.float64] | None = None
 
 
-def merge_answers(points: npt.NDArray[np.float64], probs: npt.NDArray[np.float64], merge_mm: float
-                  ) -> list[Vertebra]:
-    """Answers closer than ``merge_mm`` are one vertebra (most certain first); averaged."""
-    order = np.argsort(probs[:, -1])
+def merge_answers(points: npt.NDArray[np.float64], probs: npt.NDArray[np.float64], merge_mm: float,
+                  regions: int = 0) -> list[Vertebra]:
+    """Answers closer than ``merge_mm`` are one vertebra (most certain first); averaged. ``probs``:
+    levels, "none", then ``regions`` region probabilities."""
+    n_cls = probs.shape[1] - regions
+    order = np.argsort(probs[:, n_cls - 1])
     used = np.zeros(len(points), bool)
     out: list[Vertebra] = []
     for n in order:
@@ -216,8 +221,9 @@ def merge_answers(points: npt.NDArray[np.float64], probs: npt.NDArray[np.float64
         near = (~used) & (np.linalg.norm(points - points[n], axis=1) < merge_mm)
         used |= near
         p = probs[near].mean(axis=0)
-        levels = p[:-1] / max(float(p[:-1].sum()), 1e-12)
-        out.append(Vertebra(points[near].mean(axis=0), levels, float(p[-1]), int(near.sum())))
+        levels = p[: n_cls - 1] / max(float(p[: n_cls - 1].sum()), 1e-12)
+        out.append(Vertebra(points[near].mean(axis=0), levels, float(p[n_cls - 1]), int(near.sum()),
+                            p[n_cls:] if regions else None))
     return out
 
 
@@ -293,10 +299,12 @@ class Engine:
     def crops(self, volume: Volume, centres: npt.NDArray[np.float64]
               ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
         """Stage 2 on crops centred at ``centres``: (body centroids LPS ``(N, 3)``, class probabilities
-        ``(N, labels + 1)``, the last column "no vertebra")."""
+        ``(N, labels + 1 + region classes)``: the levels, "no vertebra", then the regions where the
+        network has a region head)."""
         p = self.plan.stage2
+        n_cls = len(p.labels) + 1
         points = np.zeros((len(centres), 3))
-        probs = np.zeros((len(centres), len(p.labels) + 1))
+        probs = np.zeros((len(centres), n_cls + p.network.region_classes))
         for b0 in range(0, len(centres), CROP_BATCH):
             grids = [crop_grid_at(c, p) for c in centres[b0:b0 + CROP_BATCH]]
             images = [normalise_hu(resample(volume.array, volume.affine, g, fill=HU_OUTSIDE)) for g in grids]
@@ -306,7 +314,10 @@ class Engine:
             mm = coords.float().cpu().numpy().astype(np.float64)
             for n, g in enumerate(grids):
                 points[b0 + n] = g.mm_to_lps(mm[n])
-            probs[b0:b0 + len(grids)] = torch.softmax(logits.float(), dim=1).cpu().numpy()
+            logits = logits.float()
+            probs[b0:b0 + len(grids), :n_cls] = torch.softmax(logits[:, :n_cls], dim=1).cpu().numpy()
+            if p.network.region_classes:
+                probs[b0:b0 + len(grids), n_cls:] = torch.softmax(logits[:, n_cls:], dim=1).cpu().numpy()
         return points, probs
 
     def find_vertebrae(self, volume: Volume, seeds: npt.NDArray[np.float64]) -> list[Vertebra]:
@@ -315,7 +326,8 @@ class Engine:
         active = np.arange(len(seeds))
         current = seeds.copy()
         final_pts = np.zeros_like(seeds)
-        final_probs = np.zeros((len(seeds), len(p.labels) + 1))
+        n_cls = len(p.labels) + 1
+        final_probs = np.zeros((len(seeds), n_cls + p.network.region_classes))
         keep = np.zeros(len(seeds), bool)
         for it in range(p.max_iters):
             if active.size == 0:
@@ -326,8 +338,9 @@ class Engine:
             final_probs[active] = probs
             # An answer counts once it is a fixed point (its own crop gives it back); crops that keep
             # moving (between two vertebrae) are left out.
-            keep[active] = (probs[:, -1] < p.none_threshold) & (moved < 2 * p.converge_mm)
-            settled = (moved < p.converge_mm) | (probs[:, -1] >= p.none_threshold) | (it == p.max_iters - 1)
+            p_none = probs[:, n_cls - 1]
+            keep[active] = (p_none < p.none_threshold) & (moved < 2 * p.converge_mm)
+            settled = (moved < p.converge_mm) | (p_none >= p.none_threshold) | (it == p.max_iters - 1)
             current[active] = pts
             active = active[~settled]
             # Seeds that have walked onto the same vertebra need not walk on together.
@@ -336,7 +349,7 @@ class Engine:
                 if all(np.linalg.norm(current[n] - current[m]) >= p.converge_mm * 2 for m in distinct):
                     distinct.append(int(n))
             active = np.array(distinct, dtype=np.int64)
-        found = merge_answers(final_pts[keep], final_probs[keep], p.merge_mm)
+        found = merge_answers(final_pts[keep], final_probs[keep], p.merge_mm, p.network.region_classes)
         return [v for v in found if inside_margin(volume, v.position_lps, p.edge_margin_mm)]
 
     def name_chain(self, vertebrae: list[Vertebra]) -> list[Landmark]:
@@ -347,6 +360,10 @@ class Engine:
         pos = np.stack([v.position_lps for v in verts])
         logp = np.log(np.clip(np.stack([v.probs for v in verts]), 1e-6, 1.0))
         drop = drop_costs([v.p_none for v in verts], self.plan.chain)
+        regions = [v.p_region for v in verts]
+        if self.plan.chain.region_weight > 0 and all(r is not None for r in regions):
+            logp = with_region_evidence(logp, np.stack([r for r in regions if r is not None]),
+                                        self.plan.stage2.labels, self.plan.chain.region_weight)
         chain = label_chain(pos, logp, self.plan.stage2.labels, self.plan.chain, drop)
         index = {lab: c for c, lab in enumerate(self.plan.stage2.labels)}
         out = []

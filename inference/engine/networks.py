@@ -43,6 +43,10 @@ class NetworkConfig:
     #: the spine and 2 x 2 across it, so the head can tell the rib pair just above the centre from the
     #: one just below it - the T12/L1 question - as well as the pooled summary).
     class_head: str = "pooled"
+    #: Stage 2's region head (v0.7): logits over the regions C, T, L (rib-bearing or not, whatever the
+    #: count), read from the level head's hidden layer and appended after the level logits; 0 = none.
+    #: SPINEPS' labelling weighs such region evidence beside the level evidence in its chain.
+    region_classes: int = 0
 
     def __post_init__(self) -> None:
         if self.in_channels < 1 or self.out_channels < 1:
@@ -62,6 +66,8 @@ class NetworkConfig:
             raise ValueError(f"head_level must be in [0, {self.levels - 1}], got {self.head_level}")
         if self.class_head not in CLASS_HEADS:
             raise ValueError(f"class_head must be one of {', '.join(CLASS_HEADS)}, got {self.class_head!r}")
+        if self.region_classes < 0:
+            raise ValueError(f"region_classes must be >= 0, got {self.region_classes}")
 
     @property
     def head_channels(self) -> int:
@@ -213,7 +219,8 @@ class VertebraLocaliser(nn.Module):
     or on a vertebra cut by the edge of the scan). The level logits come from the bottleneck, which sees
     the whole crop (a few neighbours, ribs, sacrum) - the evidence the chain labelling weighs: pooled
     (v0.2) or, with ``class_head="grid"`` (v0.3), also as a coarse map that keeps where along the spine
-    each feature lies.
+    each feature lies. With ``region_classes`` (v0.7) the logits go on with the region's (C, T, L), from
+    the same hidden layer: ``out_channels + region_classes`` in all.
     """
 
     def __init__(self, config: NetworkConfig) -> None:
@@ -232,6 +239,7 @@ class VertebraLocaliser(nn.Module):
             nn.Linear(features, hidden), nn.PReLU(hidden), nn.Dropout(0.1),
             nn.Linear(hidden, config.out_channels),
         )
+        self.region_head = nn.Linear(hidden, config.region_classes) if config.region_classes else None
 
     def heatmap_geometry(self, spacing: tuple[float, float, float]
                          ) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
@@ -253,7 +261,11 @@ class VertebraLocaliser(nn.Module):
         summary = [deep.mean(dim=(-1, -2, -3)), deep.amax(dim=(-1, -2, -3))]
         if self.config.class_head == "grid":
             summary.append(self.grid_reduce(self.grid_pool(deep)).flatten(1))
-        return heatmap, coords, self.class_head(torch.cat(summary, dim=1))
+        hidden = self.class_head[:-1](torch.cat(summary, dim=1))
+        logits = self.class_head[-1](hidden)
+        if self.region_head is not None:
+            logits = torch.cat([logits, self.region_head(hidden)], dim=1)
+        return heatmap, coords, logits
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -75,7 +75,8 @@ class Stage2Plan:
                                                                          base=8, levels=4,
                                                                          convs_per_level=(1, 2, 2, 2),
                                                                          head_level=1,
-                                                                         class_head="grid"))
+                                                                         class_head="grid",
+                                                                         region_classes=3))
     spacing_mm: float = 2.0
     crop: tuple[int, int, int] = (64, 64, 64)
     labels: tuple[int, ...] = ENGINE_LABELS

@@ -17,7 +17,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from dicom_io.labels import LABEL_BY_NAME
+from inference.engine.chain import REGIONS, region_of
 from inference.engine.dsnt import dsnt_loss
 from inference.engine.networks import ISEVNet, VertebraLocaliser
 from inference.engine.plan import Stage1Plan, Stage2Plan
@@ -53,6 +54,9 @@ EVAL_SEED_START = 500_000
 STAGE2_CONTEXT_MM = 80.0
 #: Weight of the level / "none" cross-entropy against the DSNT term.
 CLASS_WEIGHT = 1.0
+#: Weight of the region (C, T, L) cross-entropy, where the network has a region head, relative to the
+#: level one; crops of no vertebra carry none.
+REGION_WEIGHT = 1.0
 #: Extra weight of the cross-entropy on the variant levels T13 and L6. They are one vertebra in a
 #: phantom of 15 (6-7 % of phantoms each), so without it the head learns never to answer them and the
 #: chain cannot count an extra vertebra; with it the head reports them as the real possibility they are
@@ -250,12 +254,21 @@ class Trainer:
         hm_spacing, offset = self.model.heatmap_geometry(s.spacing)
         loc, dist, js = dsnt_loss(heatmap, coords[:, None], target, present, hm_spacing,
                                   self.cfg.stage2.sigma_mm, offset=offset)
-        ce = F.cross_entropy(logits, torch.tensor([s.cls]), label_smoothing=0.05)
+        n_cls = len(self.cfg.stage2.labels) + 1
+        ce = F.cross_entropy(logits[:, :n_cls], torch.tensor([s.cls]), label_smoothing=0.05)
         if s.cls in self._rare_classes:
             ce = ce * RARE_LEVEL_WEIGHT
         parts = {"dist_mm": float(dist) if s.has_target else float("nan"), "js": float(js),
                  "class_ce": float(ce.detach())}
-        return loc + CLASS_WEIGHT * ce, parts
+        loss = loc + CLASS_WEIGHT * ce
+        if self.cfg.stage2.network.region_classes:
+            region = region_target(self.cfg.stage2.labels, s.cls)
+            rce = (F.cross_entropy(logits[:, n_cls:], torch.tensor([region]), label_smoothing=0.05)
+                   if region is not None else None)
+            parts["region_ce"] = float(rce.detach()) if rce is not None else float("nan")
+            if rce is not None:
+                loss = loss + CLASS_WEIGHT * REGION_WEIGHT * rce
+        return loss, parts
 
     # --- validation -----------------------------------------------------------------------------------
 
@@ -281,16 +294,24 @@ class Trainer:
                 dices.append(dice(prob >= 0.5, tgt > 0.5))
             return {"dice": float(np.mean(dices))}
         errors, correct, near, total = [], 0, 0, 0
+        region_right: list[bool] = []
         for s in self._val_samples:
             _, coords, logits = self.model(torch.from_numpy(s.image)[None], s.spacing)
             if s.has_target:
                 errors.append(float(np.linalg.norm(coords[0].numpy() - s.target_mm)))
-            pred = int(logits[0].argmax())
+            n_cls = len(self.cfg.stage2.labels) + 1
+            pred = int(logits[0, :n_cls].argmax())
             correct += int(pred == s.cls)
             near += int(abs(pred - s.cls) <= 1)
             total += 1
-        return {"dist_mm": float(np.mean(errors)) if errors else float("nan"),
-                "class_acc": correct / max(1, total), "class_within1": near / max(1, total)}
+            region = region_target(self.cfg.stage2.labels, s.cls)
+            if self.cfg.stage2.network.region_classes and region is not None:
+                region_right.append(int(logits[0, n_cls:].argmax()) == region)
+        out = {"dist_mm": float(np.mean(errors)) if errors else float("nan"),
+               "class_acc": correct / max(1, total), "class_within1": near / max(1, total)}
+        if region_right:
+            out["region_acc"] = float(np.mean(region_right))
+        return out
 
     # --- the loop -------------------------------------------------------------------------------------
 
@@ -322,6 +343,13 @@ class Trainer:
                      {k: round(v, 4) for k, v in val.items()}, rec.seconds)
             records.append(rec)
         return records
+
+
+def region_target(labels: Sequence[int], cls: int) -> int | None:
+    """Index in :data:`REGIONS` of level class ``cls`` (None for "no vertebra")."""
+    if cls >= len(labels):
+        return None
+    return REGIONS.index(region_of(labels[cls]))
 
 
 def _append_csv(path: Path, row: dict[str, Any]) -> None:

@@ -6,7 +6,16 @@ import numpy as np
 import pytest
 
 from dicom_io.labels import ENGINE_LABELS, vertebra_name
-from inference.engine.chain import ChainPrior, drop_costs, fit_chain_prior, label_chain, transitions
+from inference.engine.chain import (
+    REGIONS,
+    ChainPrior,
+    drop_costs,
+    fit_chain_prior,
+    label_chain,
+    region_of,
+    transitions,
+    with_region_evidence,
+)
 
 LABELS = ENGINE_LABELS
 T11, T12, T13, L1, L2, L3, L4, L5, L6 = 18, 19, 28, 20, 21, 22, 23, 24, 25
@@ -148,3 +157,24 @@ def test_fit_chain_prior_learns_offsets_and_ignores_gaps() -> None:
     assert (T11, L1) not in prior.spacing
     again = ChainPrior.from_json(prior.to_json())
     assert again.pair(T12, L1) == prior.pair(T12, L1)
+
+
+def test_region_evidence_puts_the_last_rib_where_the_region_head_sees_it() -> None:
+    """Diffuse level evidence that leans one level low everywhere (0.3 on the next level, 0.15 on the
+    right one) names the whole chain one low; confident region evidence that sees ribs on T10-T12 and
+    none on L1-L3 (SPINEPS weighs a region softmax beside the level one) puts T12/L1 right, and with
+    weight 0 changes nothing."""
+    true = [17, 18, 19, 20, 21, 22]  # T10 .. L3
+    ev = _evidence(true, overrides={n: {lab + 1: 0.3, lab: 0.15} for n, lab in enumerate(true)})
+    pos = _positions(true)
+    assert names(label_chain(pos, ev, LABELS).labels) == ["T11", "T12", "L1", "L2", "L3", "L4"]
+    regions = np.array([[0.02, 0.9, 0.08]] * 3 + [[0.02, 0.08, 0.9]] * 3)  # C, T, L
+    got = label_chain(pos, with_region_evidence(ev, regions, LABELS, 1.0), LABELS).labels
+    assert names(got) == ["T10", "T11", "T12", "L1", "L2", "L3"]
+    unchanged = label_chain(pos, with_region_evidence(ev, regions, LABELS, 0.0), LABELS).labels
+    assert unchanged == label_chain(pos, ev, LABELS).labels
+
+
+def test_regions_follow_the_ribs() -> None:
+    assert [region_of(lab) for lab in (1, 7, 8, 19, T13, L1, L6)] == ["C", "C", "T", "T", "T", "L", "L"]
+    assert REGIONS == ("C", "T", "L")

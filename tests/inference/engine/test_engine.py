@@ -39,8 +39,8 @@ TINY = NetworkConfig(base=2, levels=2, convs_per_level=(1, 1), se_reduction=2)
 
 def tiny_plan() -> EnginePlan:
     s1 = Stage1Plan(network=TINY, patch=(32, 32, 32), stride=(24, 24, 24))
-    s2 = Stage2Plan(network=replace(TINY, out_channels=len(ENGINE_LABELS) + 1), crop=(32, 32, 32),
-                    none_threshold=1.01)
+    s2 = Stage2Plan(network=replace(TINY, out_channels=len(ENGINE_LABELS) + 1, region_classes=3),
+                    crop=(32, 32, 32), none_threshold=1.01)
     return EnginePlan(version="tiny-test", stage1=s1, stage2=s2)
 
 
@@ -136,6 +136,37 @@ def test_merge_answers_groups_by_distance_and_averages() -> None:
     assert np.allclose(first.position_lps, [1.0, 0.0, 0.0])
     assert first.p_none == pytest.approx(0.15)
     assert np.allclose(first.probs, np.array([0.7, 0.15]) / 0.85)
+
+
+def test_merge_answers_averages_the_region_evidence() -> None:
+    pts = np.array([[0.0, 0.0, 0.0], [2.0, 0.0, 0.0]])
+    # two levels, "none", then three regions
+    probs = np.array([[0.8, 0.1, 0.1, 0.1, 0.8, 0.1], [0.6, 0.2, 0.2, 0.1, 0.6, 0.3]])
+    (v,) = merge_answers(pts, probs, merge_mm=10.0, regions=3)
+    assert v.p_none == pytest.approx(0.15)
+    assert np.allclose(v.probs, np.array([0.7, 0.15]) / 0.85)
+    assert v.p_region is not None and np.allclose(v.p_region, [0.1, 0.7, 0.2])
+    (old,) = merge_answers(pts, probs[:, :3], merge_mm=10.0)
+    assert old.p_region is None
+
+
+def test_name_chain_weighs_the_region_evidence() -> None:
+    """Level evidence leaning one level low everywhere names T10-L3 as T11-L4; the region head's "ribs
+    on the first three, none below" names them right (with the plan's region weight 0: one low)."""
+    engine = tiny_engine()
+    labels = engine.plan.stage2.labels
+    true = [17, 18, 19, 20, 21, 22]
+    z = np.cumsum([0.0] + [-24.0 if lab <= 19 else -35.0 for lab in true[1:]])
+    verts = []
+    for n, lab in enumerate(true):
+        probs = np.full(len(labels), 0.55 / (len(labels) - 2))
+        probs[labels.index(lab + 1)] = 0.3
+        probs[labels.index(lab)] = 0.15
+        region = np.array([0.02, 0.9, 0.08]) if lab <= 19 else np.array([0.02, 0.08, 0.9])
+        verts.append(Vertebra(np.array([0.0, 0.0, z[n]]), probs, 0.05, 1, region))
+    assert [m.name for m in engine.name_chain(verts)] == ["T10", "T11", "T12", "L1", "L2", "L3"]
+    engine.plan = replace(engine.plan, chain=replace(engine.plan.chain, region_weight=0.0))
+    assert [m.name for m in engine.name_chain(verts)] == ["T11", "T12", "L1", "L2", "L3", "L4"]
 
 
 def test_name_chain_orders_cranial_first_and_names_by_evidence() -> None:
@@ -248,9 +279,50 @@ def test_the_variant_levels_weigh_more_in_the_level_loss(tmp_path: Path) -> None
         sample = Stage2Sample(image, np.zeros(3, np.float32), False, cls, spacing)
         with torch.no_grad():
             _, parts = trainer._stage2_loss(sample)
-        plain = float(F.cross_entropy(logits, torch.tensor([cls]), label_smoothing=0.05))
+        n_cls = len(plan.stage2.labels) + 1
+        plain = float(F.cross_entropy(logits[:, :n_cls], torch.tensor([cls]), label_smoothing=0.05))
         ratios[name] = parts["class_ce"] / plain
     assert ratios["T12"] == pytest.approx(1.0, rel=1e-4) and ratios["L5"] == pytest.approx(1.0, rel=1e-4)
     assert ratios["T13"] == pytest.approx(RARE_LEVEL_WEIGHT, rel=1e-4), ratios
     assert ratios["L6"] == pytest.approx(RARE_LEVEL_WEIGHT, rel=1e-4), ratios
     assert RARE_LEVEL_WEIGHT > 1.0
+
+
+def test_the_region_head_learns_ribs_or_none(tmp_path: Path) -> None:
+    """The region cross-entropy (C, T, L; T13 is T, L6 is L) is added to the loss for a vertebra and left
+    out for a crop of no vertebra; validation reports how often the region is right."""
+    import torch.nn.functional as F
+
+    from dicom_io.labels import LABEL_BY_NAME
+    from inference.training.datasets import Stage2Sample
+    from inference.training.training import CLASS_WEIGHT, REGION_WEIGHT, TrainConfig, Trainer
+
+    plan = tiny_plan()
+    cfg = TrainConfig(stage="stage2", out_dir=tmp_path / "s2", epochs=1, iters_per_epoch=1, phantoms=1,
+                      val_subjects=1, cache_dir=tmp_path / "cache", stage1=plan.stage1, stage2=plan.stage2)
+    trainer = Trainer(cfg)
+    trainer.model.eval()
+    crop = plan.stage2.crop
+    image = np.random.default_rng(0).normal(0, 0.3, (1, *crop)).astype(np.float32)
+    spacing = (plan.stage2.spacing_mm,) * 3
+    n_cls = len(plan.stage2.labels) + 1
+    with torch.no_grad():
+        _, _, logits = trainer.model(torch.from_numpy(image)[None], spacing)
+    assert logits.shape[1] == n_cls + 3
+    for name, region in (("C7", 0), ("T12", 1), ("T13", 1), ("L1", 2), ("L6", 2)):
+        cls = plan.stage2.labels.index(LABEL_BY_NAME[name])
+        sample = Stage2Sample(image, np.zeros(3, np.float32), False, cls, spacing)
+        with torch.no_grad():
+            loss, parts = trainer._stage2_loss(sample)
+        want = float(F.cross_entropy(logits[:, n_cls:], torch.tensor([region]), label_smoothing=0.05))
+        assert parts["region_ce"] == pytest.approx(want, rel=1e-4), name
+    with torch.no_grad():
+        loss, parts = trainer._stage2_loss(Stage2Sample(image, np.zeros(3, np.float32), False, n_cls - 1,
+                                                        spacing))
+    assert np.isnan(parts["region_ce"])
+    loc = float(loss) - CLASS_WEIGHT * parts["class_ce"]  # the same image: the same DSNT term for all
+    with torch.no_grad():
+        vloss, vparts = trainer._stage2_loss(Stage2Sample(image, np.zeros(3, np.float32), False, 0, spacing))
+    want = loc + CLASS_WEIGHT * (vparts["class_ce"] + REGION_WEIGHT * vparts["region_ce"])
+    assert float(vloss) == pytest.approx(want, rel=1e-4)
+    assert 0.0 <= trainer.validate()["region_acc"] <= 1.0

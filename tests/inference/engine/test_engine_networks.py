@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -131,3 +133,22 @@ def test_class_head_default_and_old_plans() -> None:
     assert Stage2Plan.from_json(old).network.class_head == "pooled"
     with pytest.raises(ValueError, match="class_head"):
         NetworkConfig(class_head="attention")
+
+
+def test_region_head_appends_region_logits_and_old_plans_have_none() -> None:
+    """v0.7: logits over the levels + "none", then over the regions C, T, L, from the same hidden layer;
+    a plan written before the region head (v0.6.0) loads without one."""
+    from inference.engine.plan import Stage2Plan
+
+    cfg = NetworkConfig(out_channels=27, base=4, levels=3, convs_per_level=(1, 1, 1), region_classes=3)
+    net = VertebraLocaliser(cfg)
+    _, _, logits = net(torch.zeros(2, 1, 16, 8, 12), (2.0, 2.0, 2.0))
+    assert logits.shape == (2, 30)
+    assert net.region_head is not None and net.region_head.in_features == net.class_head[-1].in_features
+    assert VertebraLocaliser(replace(cfg, region_classes=0)).region_head is None
+    assert Stage2Plan().network.region_classes == 3  # new runs train the region head
+    old = Stage2Plan().to_json()
+    del old["network"]["region_classes"]
+    assert Stage2Plan.from_json(old).network.region_classes == 0
+    with pytest.raises(ValueError, match="region_classes"):
+        NetworkConfig(region_classes=-1)
