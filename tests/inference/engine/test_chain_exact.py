@@ -15,10 +15,10 @@ from inference.engine.chain import (
     MAX_DROPPED_IN_A_ROW,
     SCALE_COST,
     ChainPrior,
-    _region,
     drop_costs,
     fit_chain_prior,
     label_chain,
+    region_of,
     transitions,
 )
 
@@ -26,7 +26,7 @@ C7, T1, T11, T12, T13, L1, L2, L5, L6 = 7, 8, 18, 19, 28, 20, 21, 24, 25
 
 
 def test_region_boundaries() -> None:
-    got = [_region(lab) for lab in (1, C7, T1, T12, T13, L1, L5, L6)]
+    got = [region_of(lab) for lab in (1, C7, T1, T12, T13, L1, L5, L6)]
     assert got == ["C", "C", "T", "T", "T", "L", "L", "L"]
 
 
