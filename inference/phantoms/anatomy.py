@@ -876,6 +876,12 @@ def _ilium_and_hips(spec: AnatomySpec, layout: SpineLayout, rng: np.random.Gener
     return out
 
 
+#: How far (mm) the rib's tubercle lies in front of the middle of its transverse process (measured on
+#: sub-verse012: bone 40-55 mm beside T10/T11 lies 36 mm behind the body centroid; 46 with the
+#: tubercle 4 mm behind the process, v0.6).
+TUBERCLE_FRONT_MM = 6.0
+
+
 def _ribs(spec: AnatomySpec, layout: SpineLayout, rng: np.random.Generator) -> tuple[list[Structure], F64]:
     """Ribs articulating with the thoracic bodies and transverse processes, costal cartilages, sternum.
 
@@ -929,7 +935,10 @@ def _ribs(spec: AnatomySpec, layout: SpineLayout, rng: np.random.Generator) -> t
                     d.height * 0.25,
                 ]
             )
-            tub = lv.to_world(tub_local + np.array([0, 4.0, 0]))
+            # The tubercle meets the front of the transverse process's tip (the rib's neck runs in front
+            # of the process): TUBERCLE_FRONT_MM ahead of its middle, not 4 mm behind it as before v0.7
+            # (real ribs beside T10-T12 lay 10-15 mm further forward than the phantoms').
+            tub = lv.to_world(tub_local + np.array([0, -TUBERCLE_FRONT_MM, 0]))
             cu = layout.unroll_point(lv.centre)
             ccx = cu[0]
             tub_u = layout.unroll_point(tub)
@@ -997,7 +1006,7 @@ def _ribs(spec: AnatomySpec, layout: SpineLayout, rng: np.random.Generator) -> t
         cu = layout.unroll_point(lv.centre)
         # The inner cage reaches back to the ribs' angles, so the lungs fill the paravertebral gutters.
         front = cu[1] + post - 2.0 * B
-        back = cu[1] + tub_local[1] + 4.0 + back_ang
+        back = cu[1] + tub_local[1] - TUBERCLE_FRONT_MM + back_ang
         thorax_rows.append(
             (
                 cu[2] + d.height * 0.3 - drop[n] * 0.35,
