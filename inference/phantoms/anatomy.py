@@ -880,6 +880,9 @@ def _ilium_and_hips(spec: AnatomySpec, layout: SpineLayout, rng: np.random.Gener
 #: sub-verse012: bone 40-55 mm beside T10/T11 lies 36 mm behind the body centroid; 46 with the
 #: tubercle 4 mm behind the process, v0.6).
 TUBERCLE_FRONT_MM = 6.0
+#: Floating ribs (the last two) slope this much more, drawn uniformly per person, than the 26-degree
+#: trend of the ribs above them near the spine (v0.7; 0 before).
+FLOATING_RIB_EXTRA_SLOPE_DEG = 25.0
 
 
 def _ribs(spec: AnatomySpec, layout: SpineLayout, rng: np.random.Generator) -> tuple[list[Structure], F64]:
@@ -921,7 +924,12 @@ def _ribs(spec: AnatomySpec, layout: SpineLayout, rng: np.random.Generator) -> t
         if floating:
             lat_ang *= 0.75 if n == n_ribs - 2 else 0.5
         back_ang = 2.0 + lat_ang * float(course.uniform(0.3, 0.6))
-        rib_slope = np.radians(6.0 + 20.0 * min(n, 11) / 11 + float(course.normal(0.0, 4.0)))
+        slope_deg = 6.0 + 20.0 * min(n, 11) / 11 + float(course.normal(0.0, 4.0))
+        if floating:
+            # Floating ribs hang steeper and vary more: the 12th often runs down beside L1's body
+            # (sub-verse012: rib bone 30-48 mm beside L1, within 12 mm of its centroid's height).
+            slope_deg += float(course.uniform(0.0, FLOATING_RIB_EXTRA_SLOPE_DEG))
+        rib_slope = np.radians(slope_deg)
         end_n = float(end_phi[n])
         if floating:
             end_n = float(course.uniform(80, 135)) if n == n_ribs - 2 else float(course.uniform(30, 110))
