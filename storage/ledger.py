@@ -754,17 +754,25 @@ class Ledger:
             _drop_in_doubt(delivery, {sop_instance_uid})
 
     def settle_in_doubt(
-        self, delivery_id: int, *, held: Sequence[str], detail: str, now: datetime | None = None
+        self,
+        delivery_id: int,
+        *,
+        held: Sequence[str],
+        detail: str,
+        now: datetime | None = None,
+        settled: Sequence[str] = (),
     ) -> Delivery:
         """Record what became of the instances in doubt before an attempt sends anything: ``held`` (the
-        destination answered that it holds them) are sent and never sent again; the others stay in doubt
-        until their C-STORE is answered. ``detail`` (no UIDs) goes to a ``delivery.in_doubt`` event."""
+        destination answered that it holds them) are sent and never sent again; the others of ``settled``
+        (the sender decided to send them again) are no longer in doubt either: their C-STORE marks them
+        again (:meth:`mark_in_doubt`), so only a new interruption puts them back in doubt. Instances in
+        neither stay in doubt. ``detail`` (no UIDs) goes to a ``delivery.in_doubt`` event."""
         now = now or utcnow()
         with self.transaction() as session:
             delivery = self._locked_delivery(session, delivery_id)
             found = set(held)
             delivery.sent_instances = sorted(set(delivery.sent_instances) | found)
-            _drop_in_doubt(delivery, found)
+            _drop_in_doubt(delivery, found | set(settled))
             self._event(
                 session, now, "delivery.in_doubt", detail, job_id=delivery.job_id, delivery_id=delivery.id
             )

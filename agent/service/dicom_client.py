@@ -184,12 +184,18 @@ def associate(
 
 
 def open_association(
-    ae: AE, host: str, port: int, *, called_ae: str, tls: ClientTls | None = None
+    ae: AE,
+    host: str,
+    port: int,
+    *,
+    called_ae: str,
+    tls: ClientTls | None = None,
+    evt_handlers: Sequence[tuple[Any, Any]] = (),
 ) -> tuple[Association, str | None]:
     """:func:`associate`, and when no association came of it, why in words (None when it is established):
     the peer's rejection (result, source, reason), no accepted presentation context, the TLS failure, or
-    "connection refused, unreachable, timed out or aborted". Raises :class:`ConfigError` like
-    :func:`associate`."""
+    "connection refused, unreachable, timed out or aborted". ``evt_handlers`` are bound besides its own.
+    Raises :class:`ConfigError` like :func:`associate`."""
     destination = f"{called_ae}@{host}:{port}"
     rejection: list[str] = []
 
@@ -199,7 +205,12 @@ def open_association(
             rejection.append(f"{primitive.result_str}, source {primitive.source_str}: {primitive.reason_str}")
 
     assoc, tls_failure = associate(
-        ae, host, port, called_ae=called_ae, tls=tls, evt_handlers=[(evt.EVT_ACSE_RECV, _on_acse_recv)]
+        ae,
+        host,
+        port,
+        called_ae=called_ae,
+        tls=tls,
+        evt_handlers=[(evt.EVT_ACSE_RECV, _on_acse_recv), *evt_handlers],
     )
     if assoc.is_established:
         return assoc, None

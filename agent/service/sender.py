@@ -26,9 +26,18 @@ doubt* in the ledger (:meth:`storage.Ledger.mark_in_doubt`); its answer (Success
 clears the mark. An instance still in doubt at the next attempt went out before a crash or a lost
 association, and the destination may have stored it. With the destination's ``query_before_resend`` (the
 default) the sender asks it by C-FIND (:mod:`agent.service.instance_query`) and records those it holds as
-sent; the others are sent again. When the query cannot be answered (no C-FIND, refused, a failure status)
-they are sent again: at-least-once, said at WARNING and in a ``delivery.in_doubt`` event. A destination
-that cannot be reached at all is retried later like any other attempt that cannot connect.
+sent; the others are sent again. When the destination cannot answer the question (no C-FIND, a permanent
+rejection, a failure status such as "SOP Class not supported") they are sent again: at-least-once, said at
+WARNING and in a ``delivery.in_doubt`` event. When it may answer later (a transient rejection of the query
+association, an abort or no answer while setting it up or during the C-FIND, "out of resources"), the
+attempt sends nothing, leaves them in doubt and is retried with the normal back-off, its reason in the
+ledger and the log (``in-doubt query deferred (k of 5): ...``); after :data:`QUERY_DEFERRALS` such
+attempts since they went in doubt, or on the last attempt ``max_attempts`` allows, they are sent again
+(at-least-once, as above), so that a destination that aborts every query association still gets its
+results. A destination that cannot be reached at all is retried later like any other attempt that
+cannot connect. Each instance in doubt is decided once (held, or sent again) and counted once in
+``spine_agent_delivery_in_doubt_instances_total``; an instance sent again is in doubt again only if that
+C-STORE is interrupted too.
 """
 
 from __future__ import annotations
@@ -78,6 +87,12 @@ _STORED_CATEGORIES = ("Success", "Warning")
 #: Failures that waiting will not cure: SOP Class not supported / refused, data set does not match.
 _PERMANENT_STATUSES = frozenset({0x0122, 0x0124})
 _PERMANENT_RANGES = ((0xA900, 0xA9FF), (0xC000, 0xCFFF))
+#: Attempts that may leave instances in doubt, since they went in doubt, because the destination did not
+#: answer the C-FIND question yet (see the module); then they are sent again (at-least-once). With the
+#: default back-off (10 s doubling) the fifth is about 5 minutes after the first.
+QUERY_DEFERRALS = 5
+#: How the error of such an attempt starts (the ledger's ``delivery.retry`` event; counted against the above).
+_DEFERRED = "in-doubt query deferred"
 
 
 class AssociationFailed(ConnectionError):
@@ -372,8 +387,9 @@ def deliver(ledger: Ledger, settings: Settings, spool: Spool, delivery: Delivery
     if in_doubt:
         try:
             calling = policy.calling_ae_title
-            skip |= _settle_in_doubt(ledger, delivery, destination, files, in_doubt, calling, now)
-        except QueryFailed as exc:  # the destination cannot be reached: nothing can be sent either
+            may_defer = attempts_after < policy.max_attempts  # the last attempt sends rather than gives up
+            skip |= _settle_in_doubt(ledger, delivery, destination, files, in_doubt, calling, now, may_defer)
+        except QueryFailed as exc:  # unreachable, or asked again later: nothing sent, the attempt counts
             return record(DeliveryState.PENDING, error=str(exc))
     try:
         outcome = send_files(
@@ -408,14 +424,18 @@ def _settle_in_doubt(
     in_doubt: Sequence[str],
     calling_ae: str,
     now: datetime,
+    may_defer: bool = True,
 ) -> set[str]:
     """Before an attempt sends anything: the instances in doubt (their C-STORE went out, no answer on
     record) that the destination already holds, asked by C-FIND when ``query_before_resend`` is set. Those
-    are recorded as sent; the others are sent again. What was done is logged and in a ``delivery.in_doubt``
-    event (counts, no UIDs).
+    are recorded as sent; the others are sent again. What was decided is on record in one step (none of
+    them is in doubt afterwards, each is counted once), logged and in a ``delivery.in_doubt`` event
+    (counts, no UIDs).
 
-    Raises :class:`QueryFailed` (``unreachable``) when the destination cannot be reached at all: the
-    attempt then waits like any other that cannot connect, and asks again next time.
+    Raises :class:`QueryFailed` when nothing is decided and nothing may be sent: the destination cannot be
+    reached at all (``unreachable``: the attempt waits like any other that cannot connect), or it may
+    answer later (``retry_later``) and, with ``may_defer``, fewer than :data:`QUERY_DEFERRALS` attempts in a
+    row were deferred so; the instances stay in doubt and are asked about again at the next attempt.
     """
     extra = {"delivery_id": delivery.id, "destination": delivery.destination}
     n = len(in_doubt)
@@ -423,8 +443,8 @@ def _settle_in_doubt(
     if not destination.query_before_resend:
         detail = f"{what}: sent again without asking (query_before_resend = false): at-least-once"
         log.info("delivery %d: %s", delivery.id, detail, extra=extra)
+        ledger.settle_in_doubt(delivery.id, held=[], settled=in_doubt, detail=detail, now=now)
         metrics.note_in_doubt(delivery.destination, "not_asked", n)
-        ledger.settle_in_doubt(delivery.id, held=[], detail=detail, now=now)
         return set()
     items, _ = _scan(files)
     wanted = set(in_doubt)
@@ -445,10 +465,20 @@ def _settle_in_doubt(
     except QueryFailed as exc:
         if exc.unreachable:
             raise
-        detail = f"{what}: asking the destination failed ({exc}); sent again: at-least-once"
+        waited = ""
+        if exc.retry_later:
+            deferred = _query_deferrals(ledger, delivery)
+            if may_defer and deferred < QUERY_DEFERRALS:
+                raise QueryFailed(
+                    f"{_DEFERRED} ({deferred + 1} of {QUERY_DEFERRALS}): {what}, nothing sent, "
+                    f"asked again at the next attempt: {exc}",
+                    retry_later=True,
+                ) from None
+            waited = f" after {deferred} deferred attempt(s)" if may_defer else " at the last attempt"
+        detail = f"{what}: asking the destination failed{waited} ({exc}); sent again: at-least-once"
         log.warning("delivery %d: %s", delivery.id, detail, extra=extra)
+        ledger.settle_in_doubt(delivery.id, held=[], settled=in_doubt, detail=detail, now=now)
         metrics.note_in_doubt(delivery.destination, "query_failed", n)
-        ledger.settle_in_doubt(delivery.id, held=[], detail=detail, now=now)
         return set()
     except ConfigError as exc:  # TLS files gone since the start: the send fails the same way
         raise QueryFailed(str(exc), unreachable=True) from None
@@ -457,12 +487,26 @@ def _settle_in_doubt(
         f"{n - len(held)} not held, sent again"
     )
     log.info("delivery %d: %s", delivery.id, detail, extra=extra)
+    ledger.settle_in_doubt(delivery.id, held=sorted(held), settled=in_doubt, detail=detail, now=now)
     if held:
         metrics.note_in_doubt(delivery.destination, "held", len(held))
     if n - len(held):
         metrics.note_in_doubt(delivery.destination, "not_held", n - len(held))
-    ledger.settle_in_doubt(delivery.id, held=sorted(held), detail=detail, now=now)
     return held
+
+
+def _query_deferrals(ledger: Ledger, delivery: Delivery) -> int:
+    """Attempts of ``delivery`` deferred for want of an answer to the in-doubt query since its instances in
+    doubt were last decided (its last ``delivery.in_doubt`` event)."""
+    deferred = 0
+    for event in ledger.events(job_id=delivery.job_id, limit=1000):
+        if event.delivery_id != delivery.id:
+            continue
+        if event.kind == "delivery.in_doubt":
+            deferred = 0
+        elif event.kind == "delivery.retry" and (event.detail or "").startswith(_DEFERRED):
+            deferred += 1
+    return deferred
 
 
 def _destination(settings: Settings, name: str) -> Destination | None:

@@ -423,6 +423,14 @@ class QueryStoreSCP:
     Faults on the first SR received (after it is written and counted): ``hold_first_sr_s`` sleeps that long
     before answering (a kill of the sender lands in between: it never sees the Success); ``abort_first_sr``
     aborts the association instead of answering. ``first_sr_held`` is set when either happens.
+
+    Faults of the query association (one that proposes only the C-FIND context, as the sender's does), on
+    the first ``query_faults`` of them: ``query_fault`` "reject_transient" (A-ASSOCIATE-RJ, rejected-
+    transient, local limit exceeded: a PACS at its association limit), "reject_permanent" (rejected-
+    permanent, no reason given) or "abort" (A-ABORT instead of an answer). ``store_rejects``: the first so
+    many other associations are rejected transiently. ``find_status`` (with ``find_comment`` as its Error
+    Comment) answers every C-FIND with that status; ``find_abort`` aborts the association on a C-FIND.
+    ``query_associations`` counts the query associations requested, faulted ones included.
     """
 
     directory: Path
@@ -434,7 +442,15 @@ class QueryStoreSCP:
     #: Seconds every C-STORE takes after the instance is written (a slow PACS: deliveries last long enough
     #: for a kill to land inside them).
     store_delay_s: float = 0.0
+    query_fault: str | None = None
+    query_faults: int = 1_000_000
+    store_rejects: int = 0
+    find_status: int | None = None
+    find_comment: str = ""
+    find_abort: bool = False
     finds: int = 0
+    query_associations: int = 0
+    other_associations: int = 0
     first_sr_held: Any = None
     _received: list[tuple[str, str, str]] = field(default_factory=list)  # (study, series, sop) in order
     _lock: Any = None
@@ -457,7 +473,11 @@ class QueryStoreSCP:
         ae.add_supported_context(Verification)
         if self.find:
             ae.add_supported_context(StudyRootQueryRetrieveInformationModelFind)
-        handlers: list[Any] = [(evt.EVT_C_STORE, self._on_store), (evt.EVT_C_FIND, self._on_find)]
+        handlers: list[Any] = [
+            (evt.EVT_C_STORE, self._on_store),
+            (evt.EVT_C_FIND, self._on_find),
+            (evt.EVT_REQUESTED, self._on_requested),
+        ]
         self._server = ae.start_server(("127.0.0.1", self.port), block=False, evt_handlers=handlers)
         return self
 
@@ -465,6 +485,32 @@ class QueryStoreSCP:
         if self._server is not None:
             self._server.shutdown()
             self._server = None
+
+    def _on_requested(self, event: Any) -> None:
+        """A-ASSOCIATE-RQ received: the association faults above (pynetdicom lets this handler answer it)."""
+        from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+            StudyRootQueryRetrieveInformationModelFind,
+        )
+
+        contexts = event.assoc.requestor.primitive.presentation_context_definition_list
+        query = all(str(cx.abstract_syntax) == StudyRootQueryRetrieveInformationModelFind for cx in contexts)
+        with self._lock:
+            if query:
+                self.query_associations += 1
+                fault = self.query_fault if self.query_associations <= self.query_faults else None
+            else:
+                self.other_associations += 1
+                fault = "reject_transient" if self.other_associations <= self.store_rejects else None
+        if fault == "reject_transient":
+            event.assoc.acse.send_reject(0x02, 0x03, 0x02)
+        elif fault == "reject_permanent":
+            event.assoc.acse.send_reject(0x01, 0x01, 0x01)
+        elif fault == "abort":
+            event.assoc.acse.send_abort(0x00)
+        elif fault is not None:
+            raise ValueError(f"unknown query_fault {fault!r}")
+        if fault is not None:
+            event.assoc.kill()  # lets the DUL send the answer before the server closes the socket
 
     def _on_store(self, event: Any) -> int:
         ds = event.dataset
@@ -490,6 +536,16 @@ class QueryStoreSCP:
         with self._lock:
             self.finds += 1
             received = list(dict.fromkeys(self._received))
+        if self.find_abort:
+            event.assoc.abort()
+            return
+        if self.find_status is not None:
+            status = pydicom.Dataset()
+            status.Status = self.find_status
+            if self.find_comment:
+                status.ErrorComment = self.find_comment
+            yield status, None
+            return
         if str(query.get("QueryRetrieveLevel", "")) != "IMAGE":
             yield 0xA900, None  # this test PACS answers IMAGE-level queries only
             return

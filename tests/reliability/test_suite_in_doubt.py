@@ -97,19 +97,29 @@ def test_kill_after_the_destination_stored_an_instance_does_not_send_it_again(tm
 
 
 def test_in_doubt_instances_per_destination_capability(tmp_path: Path) -> None:
-    """Three destinations, each storing the first SR and then aborting the association without answering
+    """Four destinations, each storing the first SR and then aborting the association without answering
     (no kill needed: the SR is in doubt all the same). The retry asks where it can:
 
     * answers C-FIND, ``query_before_resend = true`` (the default): not sent again, held once;
     * answers C-FIND, ``query_before_resend = false``: sent again without asking, held twice;
     * no C-FIND (the context is refused), ``query_before_resend = true``: the query fails, it is sent again
-      (held twice), said at WARNING in the log and in a ``delivery.in_doubt`` event.
+      (held twice), said at WARNING in the log and in a ``delivery.in_doubt`` event;
+    * answers C-FIND but rejects the first query association transiently (at its association limit): that
+      attempt sends nothing and is retried with the back-off, the reason in the ledger; the next asks:
+      held once.
     """
     (series,) = make_series(tmp_path / "series", 1, seed=152)
     asks = start_query_scp(tmp_path / "asks", ae_title="ASKS", abort_first_sr=True)
     off = start_query_scp(tmp_path / "off", ae_title="OFF", abort_first_sr=True)
     nofind = start_query_scp(tmp_path / "nofind", ae_title="NOFIND", abort_first_sr=True, find=False)
-    dests: dict[str, QueryStoreSCP] = {"asks": asks, "off": off, "nofind": nofind}
+    busy = start_query_scp(
+        tmp_path / "busy",
+        ae_title="BUSY",
+        abort_first_sr=True,
+        query_fault="reject_transient",
+        query_faults=1,
+    )
+    dests: dict[str, QueryStoreSCP] = {"asks": asks, "off": off, "nofind": nofind, "busy": busy}
     agent = make_agent(
         tmp_path / "agent",
         destinations=[(name, d.ae_title, d.port) for name, d in dests.items()],
@@ -127,19 +137,28 @@ def test_in_doubt_instances_per_destination_capability(tmp_path: Path) -> None:
         ledger = agent.ledger()
         wait_for(
             lambda: (
-                len(ledger.list_deliveries()) == 3
+                len(ledger.list_deliveries()) == 4
                 and all(d.state == DeliveryState.DELIVERED for d in ledger.list_deliveries())
             ),
-            120,
+            300,
             0.3,
-            what="the three deliveries to finish\n" + agent.log_tail(),
+            what="the four deliveries to finish\n" + agent.log_tail(),
         )
         seg, sr = _results(agent, ledger)
         held = {name: [d.held()[seg], d.held()[sr]] for name, d in dests.items()}
-        assert held == {"asks": [1, 1], "off": [1, 2], "nofind": [1, 2]}
-        assert (asks.finds >= 1, off.finds, nofind.finds) == (True, 0, 0)
+        assert held == {"asks": [1, 1], "off": [1, 2], "nofind": [1, 2], "busy": [1, 1]}
+        assert (asks.finds >= 1, off.finds, nofind.finds, busy.finds) == (True, 0, 0, 1)
         deliveries = {d.destination: d for d in ledger.list_deliveries()}
-        assert all(d.attempts == 2 and d.in_doubt_instances == [] for d in deliveries.values())
+        attempts = {name: d.attempts for name, d in deliveries.items()}
+        assert attempts == {"asks": 2, "off": 2, "nofind": 2, "busy": 3}
+        assert all(d.in_doubt_instances == [] for d in deliveries.values())
+        retries = [
+            e.detail or ""
+            for e in ledger.events()
+            if e.kind == "delivery.retry" and e.delivery_id == deliveries["busy"].id
+        ]
+        deferred = [r.startswith("in-doubt query deferred") and "Rejected Transient" in r for r in retries]
+        assert deferred == [False, True], retries  # the abort of the SR, then the rejection
         events = {
             name: [
                 e.detail or ""
@@ -149,6 +168,7 @@ def test_in_doubt_instances_per_destination_capability(tmp_path: Path) -> None:
             for name in dests
         }
         assert ["holds 1 (C-FIND), not sent again" in e for e in events["asks"]] == [True]
+        assert ["holds 1 (C-FIND), not sent again" in e for e in events["busy"]] == [True]
         assert ["query_before_resend = false" in e for e in events["off"]] == [True]
         assert ["asking the destination failed" in e and "at-least-once" in e for e in events["nofind"]] == [
             True

@@ -58,3 +58,17 @@ def test_an_admins_resend_forgets_what_was_in_doubt(ledger: Ledger) -> None:
     )
     again = ledger.resend_delivery(d.id)
     assert (again.state, again.sent_instances, again.in_doubt_instances) == (DeliveryState.PENDING, [], [])
+
+
+def test_settling_takes_the_instances_decided_out_of_doubt(ledger: Ledger) -> None:
+    """The sender decides about every instance in doubt at once (held, or to be sent again): none stays in
+    doubt, so a later attempt neither asks nor counts it again; one not named stays in doubt."""
+    d = _delivery(ledger)
+    for uid in ("1.9.1", "1.9.2", "1.9.3"):
+        ledger.mark_in_doubt(d.id, uid)
+    row = ledger.settle_in_doubt(
+        d.id, held=["1.9.1"], settled=["1.9.1", "1.9.2"], detail="2 in doubt: holds 1", now=T0
+    )
+    assert (row.sent_instances, row.in_doubt_instances) == (["1.9.1"], ["1.9.3"])
+    ledger.mark_in_doubt(d.id, "1.9.2")  # its C-STORE goes out again
+    assert ledger.list_deliveries()[0].in_doubt_instances == ["1.9.2", "1.9.3"]
