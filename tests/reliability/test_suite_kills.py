@@ -38,6 +38,7 @@ from storage.ledger import utcnow
 from tests.agent.service.conftest import SyntheticSeries
 from tests.reliability.suite_support import (
     LONG_ENV,
+    LONG_TIMEOUT_S,
     LedgerView,
     QueryStoreSCP,
     StoreSCP,
@@ -287,51 +288,60 @@ def test_every_result_is_delivered_once_where_the_destination_answers_c_find(cam
         assert extra <= campaign.kills, f"{extra} result instances re-sent after {campaign.kills} kills"
 
 
-# --- a kill while a delivery is half done (deterministic) ---------------------------------------------
+# --- a kill while a delivery is half done (deterministic; long variant only) ----------------------------
+# Since 2026-12-07 (issue 15, to keep the short run under 5 minutes) only with SPINE_SUITE_LONG=1, and then
+# not at all in the default run (a skip fails CI, where only gpu tests may skip): the short run kills at the
+# same point of a delivery in test_suite_in_doubt.py (the SEG's Success on record, the SR under way; after
+# the restart and the lease the SEG is not sent again, the SR arrives, both held once), and sends an
+# instance in doubt again to a destination without C-FIND in its capability test. What only this test
+# adds, a kill mid-delivery to DCMTK storescp, the long campaign to storescp does at random moments.
 
+if os.environ.get(LONG_ENV) == "1":
 
-def test_kill_mid_delivery_resumes_without_resending(tmp_path: Path) -> None:
-    """The destination stored the SEG and sits on the SR; the agent is killed; after a restart the SR
-    arrives once the delivery lease (``delivery.lease_s``) lapses and the SEG is not sent again
-    (docs/operations.md promises exactly this; issue 16 item 1)."""
-    (series,) = make_series(tmp_path / "series", 1, seed=77)
-    # storescp sleeps 3 s inside every C-STORE: a delivery takes > 6 s, so the kill lands inside it.
-    dest = start_storescp(tmp_path / "dest", extra=["--sleep-during", "3"])
-    agent = make_agent(
-        tmp_path / "agent",
-        destinations=[("dest", "DEST", dest.port)],
-        delivery={"retry_base_s": 0.5, "retry_cap_s": 2.0, "lease_s": DELIVERY_LEASE_S},
-        engine_delay_s=0.0,
-    )
-    try:
-        agent.start()
-        assert storescu(agent.dicom_port, series.files).wait() == 0
-        ledger = agent.ledger()
-        wait_for(lambda: any(ledger.list_deliveries()), 30, 0.2, what="a delivery to be created")
-        wait_for(lambda: sum(dest.held().values()) >= 1, 60, 0.2, what="the destination to store the SEG")
-        # Kill only once the agent has the SEG's Success on record: a kill between the destination writing
-        # the file and its response is the one window where a re-send is right (DICOM cannot ask).
-        wait_for(
-            lambda: any(d.sent_instances for d in ledger.list_deliveries()),
-            30,
-            0.1,
-            what="the SEG's Success recorded",
+    @pytest.mark.slow
+    @pytest.mark.timeout(LONG_TIMEOUT_S)
+    def test_kill_mid_delivery_resumes_without_resending(tmp_path: Path) -> None:
+        """The destination stored the SEG and sits on the SR; the agent is killed; after a restart the SR
+        arrives once the delivery lease (``delivery.lease_s``) lapses and the SEG is not sent again
+        (docs/operations.md promises exactly this; issue 16 item 1)."""
+        (series,) = make_series(tmp_path / "series", 1, seed=77)
+        # storescp sleeps 3 s inside every C-STORE: a delivery takes > 6 s, so the kill lands inside it.
+        dest = start_storescp(tmp_path / "dest", extra=["--sleep-during", "3"])
+        agent = make_agent(
+            tmp_path / "agent",
+            destinations=[("dest", "DEST", dest.port)],
+            delivery={"retry_base_s": 0.5, "retry_cap_s": 2.0, "lease_s": DELIVERY_LEASE_S},
+            engine_delay_s=0.0,
         )
-        agent.kill()
-        (job,) = ledger.list_jobs()
-        results = result_uids(agent, ledger.get_job(job.id).output_path)
-        assert len(results) == 2
-        dest.restart(extra=[])  # the destination is fast again
-        agent.start()
-        # DELIVERED is final: a re-sent SEG would have gone before the SR, nothing is sent after
-        wait_for(
-            lambda: [d.state for d in ledger.list_deliveries()] == [DeliveryState.DELIVERED],
-            30,
-            0.2,
-            what="the delivery finished",
-        )
-        assert [dest.held()[uid] for uid in results] == [1, 1]
-        ledger.close()
-    finally:
-        agent.kill()
-        dest.stop()
+        try:
+            agent.start()
+            assert storescu(agent.dicom_port, series.files).wait() == 0
+            ledger = agent.ledger()
+            wait_for(lambda: any(ledger.list_deliveries()), 30, 0.2, what="a delivery to be created")
+            wait_for(lambda: sum(dest.held().values()) >= 1, 60, 0.2, what="the destination to store the SEG")
+            # Kill only once the agent has the SEG's Success on record: a kill between the destination writing
+            # the file and its response is the one window where a re-send is right (DICOM cannot ask).
+            wait_for(
+                lambda: any(d.sent_instances for d in ledger.list_deliveries()),
+                30,
+                0.1,
+                what="the SEG's Success recorded",
+            )
+            agent.kill()
+            (job,) = ledger.list_jobs()
+            results = result_uids(agent, ledger.get_job(job.id).output_path)
+            assert len(results) == 2
+            dest.restart(extra=[])  # the destination is fast again
+            agent.start()
+            # DELIVERED is final: a re-sent SEG would have gone before the SR, nothing is sent after
+            wait_for(
+                lambda: [d.state for d in ledger.list_deliveries()] == [DeliveryState.DELIVERED],
+                30,
+                0.2,
+                what="the delivery finished",
+            )
+            assert [dest.held()[uid] for uid in results] == [1, 1]
+            ledger.close()
+        finally:
+            agent.kill()
+            dest.stop()
