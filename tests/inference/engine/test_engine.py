@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -254,6 +255,20 @@ def test_training_smoke_checkpoint_and_resume(tmp_path: Path) -> None:
         assert len(rows) == 3 and rows[0].startswith("epoch,iterations,lr,loss")
 
 
+def _tiny_stage2_trainer(tmp_path: Path) -> tuple[EnginePlan, Any, np.ndarray, tuple[float, float, float]]:
+    """A stage-2 trainer of the tiny plan in eval mode, one noise crop and its spacing."""
+    from inference.training.training import TrainConfig, Trainer
+
+    plan = tiny_plan()
+    cfg = TrainConfig(stage="stage2", out_dir=tmp_path / "s2", epochs=1, iters_per_epoch=1, phantoms=1,
+                      val_subjects=1, cache_dir=tmp_path / "cache", stage1=plan.stage1, stage2=plan.stage2)
+    trainer = Trainer(cfg)
+    trainer.model.eval()
+    image = np.random.default_rng(0).normal(0, 0.3, (1, *plan.stage2.crop)).astype(np.float32)
+    sp = plan.stage2.spacing_mm
+    return plan, trainer, image, (sp, sp, sp)
+
+
 def test_the_variant_levels_weigh_more_in_the_level_loss(tmp_path: Path) -> None:
     """T13 and L6 (one vertebra in a phantom of 15, in 6-7 % of phantoms) carry RARE_LEVEL_WEIGHT times the
     cross-entropy of any other level, so the head learns to report them."""
@@ -261,16 +276,9 @@ def test_the_variant_levels_weigh_more_in_the_level_loss(tmp_path: Path) -> None
 
     from dicom_io.labels import LABEL_BY_NAME
     from inference.training.datasets import Stage2Sample
-    from inference.training.training import RARE_LEVEL_WEIGHT, TrainConfig, Trainer
+    from inference.training.training import RARE_LEVEL_WEIGHT
 
-    plan = tiny_plan()
-    cfg = TrainConfig(stage="stage2", out_dir=tmp_path / "s2", epochs=1, iters_per_epoch=1, phantoms=1,
-                      val_subjects=1, cache_dir=tmp_path / "cache", stage1=plan.stage1, stage2=plan.stage2)
-    trainer = Trainer(cfg)
-    trainer.model.eval()
-    crop = plan.stage2.crop
-    image = np.random.default_rng(0).normal(0, 0.3, (1, *crop)).astype(np.float32)
-    spacing = (plan.stage2.spacing_mm,) * 3
+    plan, trainer, image, spacing = _tiny_stage2_trainer(tmp_path)
     with torch.no_grad():
         _, _, logits = trainer.model(torch.from_numpy(image)[None], spacing)
     ratios = {}
@@ -295,16 +303,9 @@ def test_the_region_head_learns_ribs_or_none(tmp_path: Path) -> None:
 
     from dicom_io.labels import LABEL_BY_NAME
     from inference.training.datasets import Stage2Sample
-    from inference.training.training import CLASS_WEIGHT, REGION_WEIGHT, TrainConfig, Trainer
+    from inference.training.training import CLASS_WEIGHT, REGION_WEIGHT
 
-    plan = tiny_plan()
-    cfg = TrainConfig(stage="stage2", out_dir=tmp_path / "s2", epochs=1, iters_per_epoch=1, phantoms=1,
-                      val_subjects=1, cache_dir=tmp_path / "cache", stage1=plan.stage1, stage2=plan.stage2)
-    trainer = Trainer(cfg)
-    trainer.model.eval()
-    crop = plan.stage2.crop
-    image = np.random.default_rng(0).normal(0, 0.3, (1, *crop)).astype(np.float32)
-    spacing = (plan.stage2.spacing_mm,) * 3
+    plan, trainer, image, spacing = _tiny_stage2_trainer(tmp_path)
     n_cls = len(plan.stage2.labels) + 1
     with torch.no_grad():
         _, _, logits = trainer.model(torch.from_numpy(image)[None], spacing)
