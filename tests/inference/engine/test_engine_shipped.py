@@ -1,13 +1,13 @@
 """The shipped weights (newest ``weights/<version>/``) end to end, on a held-out phantom and on the real
 VerSe scan in ../shared/data/real.
 
-Bounds come from measurement (v0.6.0, CPU; see weights/v0.6.0/MODEL_CARD.md):
-* held-out thoracolumbar phantom (seed 700002, 2 mm grid, generator of commit 2d3cd21): 8 of 8
-  vertebrae (T8-L3) identified, distances 0.3-1.4 mm (median 0.6), mask covering 73 % of the labelled
-  spine;
-* real sub-verse012 (T10-L3, 3 mm sagittal): every VerSe point has a predicted landmark within 5.5 mm
-  (VerSe's points lie ~3.8 mm from the mask's body centroids); L1-L3 are named right, T10-T12 one level
-  too low (T11-T13), so 3 of 6 are identified (v0.2.0-v0.5.0: 0 of 6, the whole column one level low).
+Bounds come from measurement (v0.7.0, CPU; see weights/v0.7.0/MODEL_CARD.md):
+* held-out thoracolumbar phantom (seed 700002, 2 mm grid): 8 of 8 vertebrae (T8-L3) identified
+  (v0.6.0 on the generator of 2d3cd21: distances 0.3-1.4 mm, median 0.6), mask covering 73 % of the
+  labelled spine;
+* real sub-verse012 (T10-L3, 3 mm sagittal): all 6 named right, 3.2-6.1 mm from VerSe's points (mean
+  4.64; VerSe's points lie ~3.8 mm from the mask's body centroids). v0.6.0 named L1-L3 right and
+  T10-T12 one level too low (3 of 6); v0.2.0-v0.5.0 named the whole column one level low (0 of 6).
 The bounds leave room for numerical differences between CPUs, not for a broken engine.
 """
 
@@ -61,16 +61,17 @@ def test_shipped_engine_finds_every_vertebra_of_the_real_scan(real_prediction) -
     assert len(pts) >= 6
     for label, truth in vs.centroids.items():
         nearest = float(np.min(np.linalg.norm(pts - np.asarray(truth), axis=1)))
-        # JSON points sit ~3.8 mm from the mask-derived body centroids (README); measured <= 5.5 mm.
-        assert nearest <= 6.0, (label, nearest)
+        # JSON points sit ~3.8 mm from the mask-derived body centroids (README); measured <= 6.1 mm
+        # (v0.7.0; v0.6.0 <= 5.5 mm).
+        assert nearest <= 6.5, (label, nearest)
     names = [lm.name for lm in result.landmarks]
     assert names == sorted(names, key=[lm.name for lm in result.landmarks].index)  # cranial first
     assert len(set(names)) == len(names)
 
 
 def test_shipped_engine_names_the_lumbar_vertebrae_of_the_real_scan(real_prediction) -> None:  # type: ignore[no-untyped-def]
-    # v0.6.0 names L1, L2 and L3 right (3.7, 4.5 and 5.5 mm from VerSe's points); v0.2.0-v0.5.0 named the
-    # whole column one level low (0 of 6).
+    # v0.7.0 names L1, L2 and L3 right (4.2, 5.0 and 6.1 mm from VerSe's points), as v0.6.0 did (3.7,
+    # 4.5, 5.5); v0.2.0-v0.5.0 named the whole column one level low (0 of 6).
     vs, result = real_prediction
     pred = {lm.label: np.asarray(lm.position_lps) for lm in result.landmarks}
     match = match_subject(vs.centroids, pred)
@@ -78,8 +79,6 @@ def test_shipped_engine_names_the_lumbar_vertebrae_of_the_real_scan(real_predict
     assert all(lumbar.values()), lumbar
 
 
-@pytest.mark.xfail(strict=True, reason="v0.6.0 names sub-verse012's T10-T12 one level too low (3 of 6 "
-                                       "identified): issue 12's target of >= 5 of 6 is not met")
 def test_shipped_engine_identifies_five_of_six_on_the_real_scan(real_prediction) -> None:  # type: ignore[no-untyped-def]
     vs, result = real_prediction
     pred = {lm.label: np.asarray(lm.position_lps) for lm in result.landmarks}
