@@ -98,6 +98,9 @@ class AnatomySpec(Protocol):
     def posterior_bulk(self) -> float: ...
 
     @property
+    def body_breadth(self) -> float: ...
+
+    @property
     def fractures(self) -> tuple[int, ...]: ...
 
     @property
@@ -299,8 +302,8 @@ def _level_dims(spec: AnatomySpec, names: list[str], rng: np.random.Generator) -
         out.append(
             LevelDims(
                 height=d.height * h_scale,
-                width=d.width * s,
-                depth=d.depth * s,
+                width=d.width * s * spec.body_breadth,
+                depth=d.depth * s * float(np.sqrt(spec.body_breadth)),
                 disc=disc,
                 canal_width=d.canal_width * s,
                 canal_depth=d.canal_depth * s,

@@ -92,6 +92,10 @@ class PhantomSpec:
     #: How massive the vertebral arches are (laminae, articular pillars, facets), 1 = the nominal table.
     #: People differ, and facet arthrosis enlarges the articular processes with age.
     posterior_bulk: float = 1.0
+    #: Width (and, by its square root, depth) of the vertebral bodies relative to the nominal table, on top
+    #: of ``vertebra_scale``: body breadth varies between people independently of body height (sex,
+    #: build), so the same height comes with narrower or broader bodies.
+    body_breadth: float = 1.0
     fractures: tuple[int, ...] = ()  # VerSe labels with a compression fracture
     implant_levels: tuple[int, ...] = ()  # VerSe labels fixed with pedicle screws (and rods when >= 2)
     contrast: str = "none"
@@ -138,6 +142,7 @@ class PhantomSpec:
         anatomy["fractures"] = _fragility_fractures(stream(seed, STREAM_ANATOMY + 400), anatomy)
         rng_arch = stream(seed, STREAM_ANATOMY + 600)
         anatomy["posterior_bulk"] = _posterior_bulk(rng_arch, anatomy["degeneration"])
+        anatomy["body_breadth"] = _body_breadth(stream(seed, STREAM_ANATOMY + 700))
         acquisition = _draw_acquisition(rng_q, fov_name)
         for key in list(overrides):
             if key in anatomy:
@@ -305,6 +310,19 @@ def _posterior_bulk(rng: np.random.Generator, degeneration: float) -> float:
     """Arch mass relative to the nominal table: individual variation (+-20 %) times facet hypertrophy,
     which grows with degeneration (up to +30 % in the most arthritic spines; anchors.md)."""
     return float(rng.uniform(0.8, 1.2) * (1.0 + 0.3 * degeneration * rng.uniform(0.5, 1.0)))
+
+
+#: Spread (SD) of :attr:`PhantomSpec.body_breadth` and its bounds. With ``vertebra_scale`` (SD 0.05) the
+#: body width varies with an SD of about 8 %, as adult lumbar body widths do (about +-3.5 mm around
+#: 42-48 mm); the real VerSe scan's T10-L3 bodies are 5-15 % wider than the nominal table.
+BODY_BREADTH_SD = 0.06
+BODY_BREADTH_BOUNDS = (0.86, 1.2)
+
+
+def _body_breadth(rng: np.random.Generator) -> float:
+    """Body width relative to the nominal table, independent of height (its own random stream, so the
+    other draws of a seed stay as they were)."""
+    return float(np.clip(rng.normal(1.0, BODY_BREADTH_SD), *BODY_BREADTH_BOUNDS))
 
 
 #: VerSe labels of osteoporotic (fragility) fractures and their weights: most at the thoracolumbar
