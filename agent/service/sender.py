@@ -38,6 +38,11 @@ results. A destination that cannot be reached at all is retried later like any o
 cannot connect. Each instance in doubt is decided once (held, or sent again) and counted once in
 ``spine_agent_delivery_in_doubt_instances_total``; an instance sent again is in doubt again only if that
 C-STORE is interrupted too.
+
+A failure status is described by its meaning in the standard (``status 0xA700 (Refused: Out of
+Resources)``) in the log and the ledger. The peer's Error Comment is free text that could hold patient
+data: it is kept on :class:`StoreResult` (``peer_comment``) and logged at DEBUG only, never at INFO or in
+the ledger (as for C-FIND, :mod:`agent.service.instance_query`).
 """
 
 from __future__ import annotations
@@ -53,7 +58,7 @@ from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
-from pynetdicom.status import code_to_category
+from pynetdicom.status import GENERAL_STATUS, STORAGE_SERVICE_CLASS_STATUS, code_to_category
 
 from agent.service.dicom_client import ClientTls, open_association
 from agent.service.instance_query import InstanceKey, QueryFailed, held_instances
@@ -112,7 +117,10 @@ class StoreResult:
     sop_instance_uid: str | None
     #: DICOM status of the C-STORE response; None when no response came (not sent, link lost).
     status: int | None
+    #: Why it was not stored, in our words (for a failure status: its meaning in the standard).
     error: str | None = None
+    #: The peer's Error Comment (0000,0902): free text, DEBUG only (it could hold patient data).
+    peer_comment: str | None = None
 
     @property
     def stored(self) -> bool:
@@ -289,8 +297,18 @@ def _store_one(
     if "Status" not in response:
         return StoreResult(item.path, item.sop_instance_uid, None, "no C-STORE response (timeout or abort)")
     status = int(response.Status)
-    comment = str(response.get("ErrorComment", "")) or None
-    return StoreResult(item.path, item.sop_instance_uid, status, comment)
+    comment = str(response.get("ErrorComment", "") or "").strip() or None
+    if comment is not None:
+        log.debug("C-STORE of %s: status 0x%04X, Error Comment %r", item.sop_instance_uid, status, comment)
+    return StoreResult(item.path, item.sop_instance_uid, status, status_meaning(status), comment)
+
+
+def status_meaning(status: int) -> str | None:
+    """The standard's words for a C-STORE status that is not Success (None for Success or unknown)."""
+    if status == 0x0000:
+        return None
+    entry = STORAGE_SERVICE_CLASS_STATUS.get(status) or GENERAL_STATUS.get(status)
+    return str(entry[1]) if entry else None
 
 
 # --- ledger-driven deliveries ---------------------------------------------------------------------

@@ -407,7 +407,7 @@ def test_each_outcome_is_logged_with_its_delivery(
     with caplog.at_level(logging.INFO, logger="agent.service.sender"):
         dest.answer = {uids[1]: 0xA700}
         first = _attempt(ledger, settings, spool, T0)
-        stored = f"1/2 stored at {destination}; 01.dcm: status 0xA700"
+        stored = f"1/2 stored at {destination}; 01.dcm: status 0xA700 (Refused: Out of Resources)"
         assert records() == [
             (logging.INFO, f"C-STORE to {destination}: {stored}", None, None),
             (
@@ -419,7 +419,7 @@ def test_each_outcome_is_logged_with_its_delivery(
         ]
         dest.answer = {uids[1]: 0xA900}
         _attempt(ledger, settings, spool, T0 + timedelta(seconds=10))
-        refused = f"0/1 stored at {destination}; 01.dcm: status 0xA900"
+        refused = f"0/1 stored at {destination}; 01.dcm: status 0xA900 (Data Set Does Not Match SOP Class)"
         assert records() == [
             (logging.INFO, f"C-STORE to {destination}: {refused}", None, None),
             (logging.WARNING, f"delivery {first.id}: failed: {refused}", first.id, "pacs"),

@@ -103,14 +103,15 @@ def test_nothing_to_send_still_names_the_destination(ct_series: CTSeries) -> Non
 def test_each_file_has_its_status_and_reason(
     make_scp: Callable[..., SCP], ct_series: CTSeries, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Stored; refused with the SCP's Error Comment; a SOP Class the SCP does not take; not DICOM at all."""
+    """Stored; refused with an Error Comment (kept on the result, at DEBUG only: it is the peer's free text
+    and could hold patient data); a SOP Class the SCP does not take; not DICOM at all."""
     full = ct_series.files[1]
 
     def handle(event: Any) -> Any:
         if str(event.request.AffectedSOPInstanceUID) == _uid(full):
             answer = Dataset()
             answer.Status = 0xA700
-            answer.ErrorComment = "disk full"
+            answer.ErrorComment = "disk full for DOE^JANE"
             return answer
         return 0x0000
 
@@ -121,7 +122,7 @@ def test_each_file_has_its_status_and_reason(
     stored: list[str] = []
     ct = ct_series.files[0]
 
-    with caplog.at_level(logging.INFO, logger="agent.service.sender"):
+    with caplog.at_level(logging.DEBUG, logger="agent.service.sender"):
         outcome = send_files(
             "DEST", "127.0.0.1", scp.port, [ct, full, seg, junk], calling_ae="AGENT", on_stored=stored.append
         )
@@ -131,12 +132,17 @@ def test_each_file_has_its_status_and_reason(
     assert str(unreadable.error).startswith("not a readable DICOM file: ")
     assert sent == [
         StoreResult(ct, _uid(ct), 0x0000, None),  # no Error Comment: no reason
-        StoreResult(full, _uid(full), 0xA700, "disk full"),
+        StoreResult(full, _uid(full), 0xA700, "Refused: Out of Resources", "disk full for DOE^JANE"),
         StoreResult(seg, _uid(seg), 0x0122, "SOP Class not accepted by the peer"),
     ]
     assert stored == [_uid(ct)]
-    (line,) = [r.getMessage() for r in caplog.records if r.name == "agent.service.sender"]
-    assert line == f"C-STORE to {scp.address}: {outcome.summary()}"
+    mine = [r for r in caplog.records if r.name == "agent.service.sender"]
+    info = [r.getMessage() for r in mine if r.levelno >= logging.INFO]
+    assert info == [f"C-STORE to {scp.address}: {outcome.summary()}"]
+    assert "notes.txt: no response" in info[0] and "status 0xA700 (Refused: Out of Resources)" in info[0]
+    assert "DOE^JANE" not in info[0]
+    debug = [r.getMessage() for r in mine if r.levelno == logging.DEBUG and "DOE^JANE" in r.getMessage()]
+    assert debug == [f"C-STORE of {_uid(full)}: status 0xA700, Error Comment 'disk full for DOE^JANE'"]
     assert outcome.summary().startswith(
         f"1/4 stored at {scp.address}; notes.txt: no response (not a readable"
     )
