@@ -121,6 +121,9 @@ class StoreResult:
     error: str | None = None
     #: The peer's Error Comment (0000,0902): free text, DEBUG only (it could hold patient data).
     peer_comment: str | None = None
+    #: Marked in doubt, then refused by pynetdicom before anything went out (it cannot encode the dataset):
+    #: the destination cannot hold it.
+    unsent: bool = False
 
     @property
     def stored(self) -> bool:
@@ -230,7 +233,8 @@ def send_files(
     files are reported with status None. Each C-STORE's status is returned; a failed C-STORE does not
     stop the others. ``on_stored(sop_instance_uid)`` is called as soon as the peer answers a C-STORE with
     success or a warning, before the next file is sent; ``on_sending(sop_instance_uid)`` just before its
-    C-STORE goes out, ``on_not_stored(sop_instance_uid)`` when the peer answers it with a failure status.
+    C-STORE goes out, ``on_not_stored(sop_instance_uid)`` when the peer answers it with a failure status
+    or it never went out (pynetdicom refused to send it: it cannot encode the dataset).
     ``tls``: call over DICOM TLS.
 
     Raises:
@@ -263,8 +267,8 @@ def send_files(
             results.append(result)
             if result.stored and on_stored is not None:
                 on_stored(item.sop_instance_uid)
-            elif result.status is not None and not result.stored and on_not_stored is not None:
-                on_not_stored(item.sop_instance_uid)
+            elif on_not_stored is not None and (result.unsent or result.status is not None):
+                on_not_stored(item.sop_instance_uid)  # a failure status, or it never went out
             if not assoc.is_established:
                 break
         sent = {r.path for r in results}
@@ -289,11 +293,18 @@ def _store_one(
         return StoreResult(item.path, item.sop_instance_uid, 0x0122, "SOP Class not accepted by the peer")
     try:
         dataset = dcmread(item.path)
-        if on_sending is not None:
-            on_sending(item.sop_instance_uid)
-        response = assoc.send_c_store(dataset)
-    except (OSError, ValueError, RuntimeError) as exc:
+    except (OSError, ValueError) as exc:  # removed or damaged since the scan: not sent, not in doubt
         return StoreResult(item.path, item.sop_instance_uid, None, f"{exc.__class__.__name__}: {exc}")
+    if on_sending is not None:
+        on_sending(item.sop_instance_uid)
+    try:
+        response = assoc.send_c_store(dataset)
+    except (ValueError, RuntimeError, AttributeError) as exc:
+        # pynetdicom raises these before the request goes out (association not established, no accepted
+        # context, a dataset it cannot encode): the destination cannot hold it, so it is not in doubt.
+        return StoreResult(
+            item.path, item.sop_instance_uid, None, f"not sent: {exc.__class__.__name__}: {exc}", unsent=True
+        )
     if "Status" not in response:
         return StoreResult(item.path, item.sop_instance_uid, None, "no C-STORE response (timeout or abort)")
     status = int(response.Status)

@@ -295,3 +295,34 @@ def test_a_peer_that_never_answers_the_association_request_times_out(ct_series: 
             send_files("DEST", "127.0.0.1", port, ct_series.files[:1], calling_ae="AGENT", timeout_s=1)
     finally:
         silent.close()
+
+
+def test_a_file_pynetdicom_will_not_send_is_not_left_in_doubt(ct_series: CTSeries, tmp_path: Path) -> None:
+    """A compressed file whose transfer syntax the peer refused (it takes the class uncompressed only):
+    pynetdicom raises before the request goes out, so the destination cannot hold it. It was marked in
+    doubt just before (``on_sending``) and is cleared again (``on_not_stored``), so the next attempt does
+    not ask the destination about an instance it never saw."""
+    dataset = dcmread(ct_series.files[0])
+    dataset.compress(RLELossless)
+    rle = tmp_path / "rle.dcm"
+    dataset.save_as(rle)
+    port = free_port()
+    ae = AE(ae_title="DEST")
+    ae.add_supported_context(CTImageStorage, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+    handlers = [(evt.EVT_C_STORE, lambda event: 0x0000)]
+    server = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=handlers)
+    calls: list[tuple[str, str]] = []
+    try:
+        outcome = send_files(
+            "DEST", "127.0.0.1", port, [rle, ct_series.files[1]], calling_ae="AGENT",
+            on_sending=lambda uid: calls.append(("sending", uid)),
+            on_stored=lambda uid: calls.append(("stored", uid)),
+            on_not_stored=lambda uid: calls.append(("not stored", uid)),
+        )
+    finally:
+        server.shutdown()
+    refused, plain = outcome.results
+    assert (refused.status, refused.unsent, plain.status) == (None, True, 0x0000)
+    assert str(refused.error).startswith("not sent: ValueError: "), refused.error
+    first, second = _uid(rle), _uid(ct_series.files[1])
+    assert calls == [("sending", first), ("not stored", first), ("sending", second), ("stored", second)]
