@@ -25,6 +25,23 @@ def upgrade_to_head(engine: Engine) -> None:
     command.upgrade(alembic_config(engine), "head")
 
 
+def downgrade_to(engine: Engine, revision: str) -> None:
+    """Undo the migrations above ``revision`` (a revision id, or ``base`` for an empty database).
+
+    Raises:
+        ValueError: ``revision`` is not one of the migrations, or lies above the current one.
+    """
+    script = ScriptDirectory.from_config(alembic_config(engine))
+    known = [r.revision for r in script.walk_revisions()]
+    if revision != "base" and revision not in known:
+        raise ValueError(f"unknown revision {revision!r} (known: base, {', '.join(sorted(known))})")
+    current = current_revision(engine)
+    below = [r.revision for r in script.iterate_revisions(current, "base")] if current else []
+    if revision != "base" and revision not in below:
+        raise ValueError(f"revision {revision} is not below the ledger's revision {current}")
+    command.downgrade(alembic_config(engine), revision)
+
+
 def current_revision(engine: Engine) -> str | None:
     with engine.connect() as connection:
         return MigrationContext.configure(connection).get_current_revision()

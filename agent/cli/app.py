@@ -61,8 +61,8 @@ def _root(
     STATE.config_path = config
 
 
-def open_ledger(cfg: Settings, *, create: bool = False) -> Ledger:
-    """Open the ledger and bring its schema up to date.
+def open_ledger(cfg: Settings, *, create: bool = False, migrate: bool = True) -> Ledger:
+    """Open the ledger and bring its schema up to date (unless not ``migrate``: ``db downgrade``).
 
     A SQLite file that does not exist is an error (usually a missing ``--config``), not an empty ledger,
     unless ``create`` (``db upgrade``)."""
@@ -75,7 +75,8 @@ def open_ledger(cfg: Settings, *, create: bool = False) -> Ledger:
             "pass --config FILE or set SPINE_AGENT_CONFIG, or create it with `spine-agent db upgrade`"
         )
     ledger = Ledger(cfg.ledger.url, max_attempts=cfg.ledger.max_attempts)
-    ledger.upgrade()
+    if migrate:
+        ledger.upgrade()
     return ledger
 
 
@@ -153,6 +154,25 @@ def db_upgrade() -> None:
 
     console.print(f"ledger at revision {current_revision(ledger.engine)}")
     ledger.close()
+
+
+@db_app.command("downgrade")
+def db_downgrade(
+    revision: Annotated[str, typer.Argument(help="the revision to go back to (see `db upgrade`), or base")],
+) -> None:
+    """Undo the ledger migrations above REVISION, for rolling back to an older spine-agent (stop the agent
+    and back up the ledger first)."""
+    cfg = settings()
+    from storage.migrate import current_revision, downgrade_to
+
+    ledger = open_ledger(cfg, migrate=False)
+    try:
+        downgrade_to(ledger.engine, revision)
+        console.print(f"ledger at revision {current_revision(ledger.engine) or 'base'}")
+    except ValueError as exc:
+        raise UserError(f"db downgrade: {exc}") from None
+    finally:
+        ledger.close()
 
 
 def _count(n: int, noun: str, plural: str | None = None) -> str:

@@ -45,6 +45,7 @@ def test_help_everywhere() -> None:
         ["jobs", "list", "--help"],
         ["config", "check", "--help"],
         ["db", "upgrade", "--help"],
+        ["db", "downgrade", "--help"],
         ["echo", "--help"],
         ["version"],
     ):
@@ -192,3 +193,21 @@ def test_the_ledger_commands_read_well_at_80_columns(config_file: Path, tmp_path
     shown = outputs[f"jobs show {job_id}"].stdout
     assert series_uid in shown and "stage1 2.10 s, stage2 5.25 s" in shown
     assert "2 deliveries" in outputs["deliveries list"].stdout
+
+
+def test_db_downgrade_goes_back_and_upgrade_comes_again(config_file: Path) -> None:
+    """Rolling back a release: ``db downgrade REVISION`` undoes the migrations above it; an unknown
+    revision, or one above the ledger's, is a one-line error and changes nothing."""
+    up = run_cli("db", "upgrade", config=config_file)
+    assert up.returncode == 0 and "ledger at revision 0003" in up.stdout
+    down = run_cli("db", "downgrade", "0002", config=config_file)
+    assert down.returncode == 0 and "ledger at revision 0002" in down.stdout, down.stderr
+    for bad, why in (("0009", "unknown revision '0009' (known: base, 0001, 0002, 0003)"),
+                     ("0003", "revision 0003 is not below the ledger's revision 0002")):
+        refused = run_cli("db", "downgrade", bad, config=config_file)
+        assert refused.returncode != 0, refused.stdout
+        assert refused.stderr.strip().endswith(f"db downgrade: {why}"), refused.stderr
+        assert "Traceback" not in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
+    assert "ledger at revision 0001" in run_cli("db", "downgrade", "0001", config=config_file).stdout
+    again = run_cli("db", "upgrade", config=config_file)
+    assert again.returncode == 0 and "ledger at revision 0003" in again.stdout
