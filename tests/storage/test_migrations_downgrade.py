@@ -5,7 +5,6 @@ schema the older agent expects, and upgrading again loses nothing the older sche
 
 from __future__ import annotations
 
-import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from sqlalchemy import inspect, text
 
 from storage import Ledger
 from storage.migrate import alembic_config, current_revision
-from tests.storage.test_migrations_match_models import _differences
+from tests.storage.test_migrations_match_models import _differences, empty_pg_ledger
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 
@@ -101,11 +100,8 @@ def test_upgrading_after_a_downgrade_keeps_the_rows(tmp_path: Path) -> None:
 
 @pytest.mark.postgres
 def test_every_migration_downgrades_and_upgrades_again_on_postgresql() -> None:
-    ledger = Ledger(os.environ["SPINE_AGENT_TEST_PG_URL"])
+    ledger = empty_pg_ledger()
     try:
-        with ledger.engine.begin() as conn:  # a fresh schema
-            tables = "event, delivery, job, series_instance, series, alembic_version"
-            conn.execute(text(f"DROP TABLE IF EXISTS {tables} CASCADE"))
         _round_trip(ledger)
     finally:
         ledger.close()

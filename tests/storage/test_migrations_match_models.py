@@ -47,13 +47,19 @@ def test_the_comparison_sees_a_missing_migration(tmp_path: Path) -> None:
         ledger.close()
 
 
+def empty_pg_ledger() -> Ledger:
+    """The PostgreSQL test ledger (SPINE_AGENT_TEST_PG_URL) with every table dropped, not migrated."""
+    ledger = Ledger(os.environ["SPINE_AGENT_TEST_PG_URL"])
+    with ledger.engine.begin() as conn:
+        tables = "event, delivery, job, series_instance, series, alembic_version"
+        conn.execute(text(f"DROP TABLE IF EXISTS {tables} CASCADE"))
+    return ledger
+
+
 @pytest.mark.postgres
 def test_postgresql_schema_from_migrations_matches_the_models() -> None:
-    ledger = Ledger(os.environ["SPINE_AGENT_TEST_PG_URL"])
+    ledger = empty_pg_ledger()
     try:
-        with ledger.engine.begin() as conn:  # a fresh schema
-            tables = "event, delivery, job, series_instance, series, alembic_version"
-            conn.execute(text(f"DROP TABLE IF EXISTS {tables} CASCADE"))
         ledger.upgrade()
         assert _differences(ledger) == []
     finally:
