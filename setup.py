@@ -1,7 +1,7 @@
 """Setuptools hook for what pyproject.toml cannot say: the shipped engine weights travel with the wheel.
 
 Every version folder under ``weights/`` (one with an ``engine.json``) is installed as data files under
-``<prefix>/share/spine-agent/weights/<version>/``, where ``inference.engine.engine.default_weights_dir``
+``<prefix>/share/spine-agent/weights/<version>/``, where ``inference.engine.weights.default_weights_dir``
 finds it in an installed copy. The version is read from the folder names, never written here.
 """
 

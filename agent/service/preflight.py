@@ -81,7 +81,7 @@ def _ledger_problem(url: str) -> str | None:
 
 
 def _weights_problem(settings: Settings) -> str | None:
-    from inference.engine.engine import WeightsError, default_weights_dir
+    from inference.engine.weights import WeightsError, default_weights_dir
 
     configured = settings.engine.weights_dir
     if configured is not None:

@@ -47,7 +47,8 @@ SIGNAL_POLL_S = 0.2
 
 def load_engine(settings: Settings) -> Predictor:
     """Build the predictor once (weights from config, or the newest shipped version)."""
-    from inference.engine.engine import Engine, WeightsError, default_weights_dir
+    from inference.engine.engine import Engine
+    from inference.engine.weights import WeightsError, default_weights_dir
 
     device = None if settings.engine.device == "auto" else settings.engine.device
     try:

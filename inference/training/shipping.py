@@ -11,8 +11,8 @@ from pathlib import Path
 import torch
 
 from inference.engine.chain import ChainPrior, fit_chain_prior
-from inference.engine.engine import CHECKSUM_FILE, sha256_file
 from inference.engine.plan import PLAN_FILE, EnginePlan, Stage1Plan, Stage2Plan
+from inference.engine.weights import CHECKSUM_FILE, sha256_file
 
 log = logging.getLogger(__name__)
 
