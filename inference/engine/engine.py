@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -172,6 +172,46 @@ def inside_margin(volume: Volume, point: npt.ArrayLike, margin_mm: float) -> boo
     return bool(np.all(ijk * sp >= margin_mm) and np.all((n - 1 - ijk) * sp >= margin_mm))
 
 
+Answer = Callable[[npt.NDArray[np.float64]], tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]]
+
+
+def settle_seeds(seeds: npt.NDArray[np.float64], answer: Answer, p: Stage2Plan
+                 ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """Walk each seed to a fixed point of ``answer`` (crops centred on points -> their body centroids and
+    class probabilities: levels, "no vertebra", regions); return the settled answers worth keeping.
+
+    An answer counts once it is a fixed point (its own crop gives it back); crops that keep moving
+    (between two vertebrae) are left out. A seed is given up after more than ``p.none_walks`` "no
+    vertebra" answers; before that it walks on to the point its crop gave."""
+    active = np.arange(len(seeds))
+    current = seeds.copy()
+    final_pts = np.zeros_like(seeds)
+    n_cls = len(p.labels) + 1
+    final_probs = np.zeros((len(seeds), n_cls + p.network.region_classes))
+    keep = np.zeros(len(seeds), bool)
+    nones = np.zeros(len(seeds), np.int64)  # "no vertebra" answers so far, per seed
+    for it in range(p.max_iters):
+        if active.size == 0:
+            break
+        pts, probs = answer(current[active])
+        moved = np.linalg.norm(pts - current[active], axis=1)
+        final_pts[active] = pts
+        final_probs[active] = probs
+        p_none = probs[:, n_cls - 1]
+        keep[active] = (p_none < p.none_threshold) & (moved < 2 * p.converge_mm)
+        nones[active] += p_none >= p.none_threshold
+        settled = (moved < p.converge_mm) | (nones[active] > p.none_walks) | (it == p.max_iters - 1)
+        current[active] = pts
+        active = active[~settled]
+        # Seeds that have walked onto the same vertebra need not walk on together.
+        distinct: list[int] = []
+        for n in active:
+            if all(np.linalg.norm(current[n] - current[m]) >= p.converge_mm * 2 for m in distinct):
+                distinct.append(int(n))
+        active = np.array(distinct, dtype=np.int64)
+    return final_pts[keep], final_probs[keep]
+
+
 class Engine:
     """Both stages with their plan, on one device. Thread-compatible, not thread-safe."""
 
@@ -260,33 +300,8 @@ class Engine:
     def find_vertebrae(self, volume: Volume, seeds: npt.NDArray[np.float64]) -> list[Vertebra]:
         """Seeds -> settled crop answers -> one entry per vertebra (cut vertebrae at the edge dropped)."""
         p = self.plan.stage2
-        active = np.arange(len(seeds))
-        current = seeds.copy()
-        final_pts = np.zeros_like(seeds)
-        n_cls = len(p.labels) + 1
-        final_probs = np.zeros((len(seeds), n_cls + p.network.region_classes))
-        keep = np.zeros(len(seeds), bool)
-        for it in range(p.max_iters):
-            if active.size == 0:
-                break
-            pts, probs = self.crops(volume, current[active])
-            moved = np.linalg.norm(pts - current[active], axis=1)
-            final_pts[active] = pts
-            final_probs[active] = probs
-            # An answer counts once it is a fixed point (its own crop gives it back); crops that keep
-            # moving (between two vertebrae) are left out.
-            p_none = probs[:, n_cls - 1]
-            keep[active] = (p_none < p.none_threshold) & (moved < 2 * p.converge_mm)
-            settled = (moved < p.converge_mm) | (p_none >= p.none_threshold) | (it == p.max_iters - 1)
-            current[active] = pts
-            active = active[~settled]
-            # Seeds that have walked onto the same vertebra need not walk on together.
-            distinct: list[int] = []
-            for n in active:
-                if all(np.linalg.norm(current[n] - current[m]) >= p.converge_mm * 2 for m in distinct):
-                    distinct.append(int(n))
-            active = np.array(distinct, dtype=np.int64)
-        found = merge_answers(final_pts[keep], final_probs[keep], p.merge_mm, p.network.region_classes)
+        pts, probs = settle_seeds(seeds, lambda centres: self.crops(volume, centres), p)
+        found = merge_answers(pts, probs, p.merge_mm, p.network.region_classes)
         return [v for v in found if inside_margin(volume, v.position_lps, p.edge_margin_mm)]
 
     def name_chain(self, vertebrae: list[Vertebra]) -> list[Landmark]:

@@ -87,6 +87,11 @@ class Stage2Plan:
     merge_mm: float = 10.0
     #: A crop whose "no vertebra" probability reaches this is dropped.
     none_threshold: float = 0.5
+    #: A seed whose crop answers "no vertebra" still walks to that crop's point this many times before
+    #: it is given up: stage 1 can put a seed on the posterior elements or beside the column, 30-60 mm
+    #: behind the body, where the crop centre is "none" but its heatmap already points at the body.
+    #: Plans written before this setting existed read 0 (given up at once), as they were measured.
+    none_walks: int = 1
     #: Landmarks closer than this to the edge of the scanned volume are dropped (cut vertebrae).
     edge_margin_mm: float = 8.0
     #: Sigma of the Gaussian the JS term pulls heatmaps towards (mm).
@@ -102,7 +107,8 @@ class Stage2Plan:
         return {"network": self.network.to_json(), "spacing_mm": self.spacing_mm, "crop": list(self.crop),
                 "labels": list(self.labels), "seed_step_mm": self.seed_step_mm, "max_iters": self.max_iters,
                 "converge_mm": self.converge_mm, "merge_mm": self.merge_mm,
-                "none_threshold": self.none_threshold, "edge_margin_mm": self.edge_margin_mm,
+                "none_threshold": self.none_threshold, "none_walks": self.none_walks,
+                "edge_margin_mm": self.edge_margin_mm,
                 "sigma_mm": self.sigma_mm, "weights": self.weights}
 
     @classmethod
@@ -111,7 +117,8 @@ class Stage2Plan:
                    crop=_triple(d["crop"]), labels=tuple(int(v) for v in d["labels"]),
                    seed_step_mm=float(d["seed_step_mm"]), max_iters=int(d["max_iters"]),
                    converge_mm=float(d["converge_mm"]), merge_mm=float(d["merge_mm"]),
-                   none_threshold=float(d["none_threshold"]), edge_margin_mm=float(d["edge_margin_mm"]),
+                   none_threshold=float(d["none_threshold"]), none_walks=int(d.get("none_walks", 0)),
+                   edge_margin_mm=float(d["edge_margin_mm"]),
                    sigma_mm=float(d["sigma_mm"]), weights=str(d["weights"]))
 
 
