@@ -104,8 +104,9 @@ class EpochRecord:
 
     def row(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "iterations": self.iterations, "lr": f"{self.lr:.6g}",
-                "loss": f"{self.loss:.6g}", **{k: f"{v:.6g}" for k, v in self.parts.items()},
-                **{f"val_{k}": f"{v:.6g}" for k, v in self.val.items()}, "seconds": f"{self.seconds:.1f}"}
+                "loss": f"{self.loss:.6g}", **{k: f"{v:.6g}" for k, v in sorted(self.parts.items())},
+                **{f"val_{k}": f"{v:.6g}" for k, v in sorted(self.val.items())},
+                "seconds": f"{self.seconds:.1f}"}
 
 
 def seed_everything(seed: int) -> None:
@@ -353,9 +354,15 @@ def region_target(labels: Sequence[int], cls: int) -> int | None:
 
 
 def _append_csv(path: Path, row: dict[str, Any]) -> None:
-    new = not path.is_file()
+    """Append ``row`` under the file's own header (written from the first row): the loss parts of an
+    epoch come in the order they first occurred, which differs between epochs, and a writer keyed by
+    this row's order put values under other columns' names (the metrics CSVs of v0.7.0 and before)."""
+    header: list[str] | None = None
+    if path.is_file():
+        with open(path, newline="", encoding="utf-8") as f:
+            header = next(csv.reader(f), None)
     with open(path, "a", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=list(row))
-        if new:
+        w = csv.DictWriter(f, fieldnames=header or list(row), restval="", extrasaction="ignore")
+        if not header:
             w.writeheader()
         w.writerow(row)
