@@ -26,7 +26,7 @@ from scipy import ndimage
 
 from dicom_io.result import Landmark, Result
 from dicom_io.volume import Volume
-from inference.engine.chain import drop_costs, label_chain, with_region_evidence
+from inference.engine.chain import STANDARD_CHAIN, drop_costs, label_chain, with_region_evidence
 from inference.engine.networks import ISEVNet, VertebraLocaliser
 from inference.engine.plan import HU_OUTSIDE, EnginePlan, Stage1Plan, Stage2Plan, normalise_hu
 from inference.engine.resample import Grid, resample, volume_bounds_lps, world_box_grid
@@ -170,6 +170,23 @@ def inside_margin(volume: Volume, point: npt.ArrayLike, margin_mm: float) -> boo
     n = np.asarray(volume.shape[::-1], dtype=np.float64)
     sp = np.asarray(volume.spacing, dtype=np.float64)
     return bool(np.all(ijk * sp >= margin_mm) and np.all((n - 1 - ijk) * sp >= margin_mm))
+
+
+def gap_seeds(landmarks: list[Landmark]) -> npt.NDArray[np.float64]:
+    """Points (LPS mm) where a named chain skips levels: between two consecutive landmarks whose names
+    are k > 1 apart in the standard chain, k - 1 points evenly spaced on the line between them (the
+    detector missed a vertebra the chain says is there). T12 -> T13 -> L1 and L5 -> L6 are no gaps; T11 ->
+    L1 is (by name it is the 11-rib variant or a missed T12: a search there finds nothing new in the
+    first case)."""
+    index = {lab: i for i, lab in enumerate(STANDARD_CHAIN)}
+    out: list[npt.NDArray[np.float64]] = []
+    for a, b in zip(landmarks[:-1], landmarks[1:], strict=True):
+        if a.label not in index or b.label not in index:
+            continue
+        k = index[b.label] - index[a.label]
+        pa, pb = np.asarray(a.position_lps), np.asarray(b.position_lps)
+        out.extend(pa + (pb - pa) * j / k for j in range(1, k))
+    return np.array(out, dtype=np.float64).reshape(-1, 3)
 
 
 Answer = Callable[[npt.NDArray[np.float64]], tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]]
@@ -343,6 +360,14 @@ class Engine:
         timings["stage2"] = time.perf_counter() - t1
         t2 = time.perf_counter()
         landmarks = self.name_chain(vertebrae)
+        # Look again where the named chain skips a level; name again if that finds a vertebra.
+        gaps = gap_seeds(landmarks) if self.plan.stage2.fill_gaps else np.zeros((0, 3))
+        if len(gaps):
+            found = [v for v in self.find_vertebrae(volume, gaps)
+                     if all(np.linalg.norm(v.position_lps - w.position_lps) >= self.plan.stage2.merge_mm
+                            for w in vertebrae)]
+            if found:
+                landmarks = self.name_chain(vertebrae + found)
         timings["postprocess"] = time.perf_counter() - t2
         log.info("engine %s: %d landmarks from %d seeds (stage1 %.2f s, stage2 %.2f s)", self.plan.version,
                  len(landmarks), len(seeds), timings["stage1"], timings["stage2"])

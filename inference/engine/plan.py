@@ -92,6 +92,10 @@ class Stage2Plan:
     #: behind the body, where the crop centre is "none" but its heatmap already points at the body.
     #: Plans written before this setting existed read 0 (given up at once), as they were measured.
     none_walks: int = 1
+    #: Where the named chain skips a level (a vertebra the search missed between two it found), seeds
+    #: are put on the line between the two and the column named again with what they find. Plans
+    #: written before this setting existed read False, as they were measured.
+    fill_gaps: bool = True
     #: Landmarks closer than this to the edge of the scanned volume are dropped (cut vertebrae).
     edge_margin_mm: float = 8.0
     #: Sigma of the Gaussian the JS term pulls heatmaps towards (mm).
@@ -108,7 +112,7 @@ class Stage2Plan:
                 "labels": list(self.labels), "seed_step_mm": self.seed_step_mm, "max_iters": self.max_iters,
                 "converge_mm": self.converge_mm, "merge_mm": self.merge_mm,
                 "none_threshold": self.none_threshold, "none_walks": self.none_walks,
-                "edge_margin_mm": self.edge_margin_mm,
+                "fill_gaps": self.fill_gaps, "edge_margin_mm": self.edge_margin_mm,
                 "sigma_mm": self.sigma_mm, "weights": self.weights}
 
     @classmethod
@@ -118,6 +122,7 @@ class Stage2Plan:
                    seed_step_mm=float(d["seed_step_mm"]), max_iters=int(d["max_iters"]),
                    converge_mm=float(d["converge_mm"]), merge_mm=float(d["merge_mm"]),
                    none_threshold=float(d["none_threshold"]), none_walks=int(d.get("none_walks", 0)),
+                   fill_gaps=bool(d.get("fill_gaps", False)),
                    edge_margin_mm=float(d["edge_margin_mm"]),
                    sigma_mm=float(d["sigma_mm"]), weights=str(d["weights"]))
 

@@ -1,4 +1,5 @@
-"""Seeds walk to the vertebra their crops point at (inference.engine.engine.settle_seeds).
+"""Seeds walk to the vertebra their crops point at (inference.engine.engine.settle_seeds), and are put
+again where the named chain skips a level (gap_seeds).
 
 The crops' answers come from a stand-in that is geometry, not a network: each answers the body centroid
 nearest its centre (within 40 mm), "no vertebra" where its centre lies more than 20 mm from it, as a
@@ -10,7 +11,9 @@ from dataclasses import replace
 
 import numpy as np
 
-from inference.engine.engine import settle_seeds
+from dicom_io.labels import LABEL_BY_NAME
+from dicom_io.result import Landmark
+from inference.engine.engine import gap_seeds, settle_seeds
 from inference.engine.plan import Stage2Plan
 
 BODIES = np.array([[0.0, 0.0, 0.0], [0.0, 0.0, -30.0]])
@@ -77,3 +80,27 @@ def test_new_plans_walk_once_and_plans_written_before_do_not() -> None:
     old = PLAN.to_json()
     del old["none_walks"]  # engine.json of v0.7.0 and before: seeds given up at the first "none"
     assert Stage2Plan.from_json(old).none_walks == 0
+
+
+def _lm(name: str, z: float) -> Landmark:
+    return Landmark(label=LABEL_BY_NAME[name], position_lps=(0.0, 10.0, z), confidence=0.5)
+
+
+def test_gap_seeds_lie_between_names_that_skip_levels() -> None:
+    neck = [_lm("C2", 0.0), _lm("C4", -30.0), _lm("C5", -45.0)]
+    assert np.allclose(gap_seeds(neck), [[0.0, 10.0, -15.0]])
+    low_back = [_lm("T12", -300.0), _lm("L1", -330.0), _lm("L4", -435.0)]
+    assert np.allclose(gap_seeds(low_back), [[0.0, 10.0, -365.0], [0.0, 10.0, -400.0]])
+    # The variants are not gaps: T12 -> T13 -> L1 and L5 -> L6 are whole chains.
+    assert gap_seeds([_lm("T12", 0.0), _lm("T13", -25.0), _lm("L1", -55.0)]).shape == (0, 3)
+    assert gap_seeds([_lm("L4", 0.0), _lm("L5", -35.0), _lm("L6", -70.0)]).shape == (0, 3)
+    # T11 -> L1 is both the 11-rib variant and a missed T12 by name: looked at, the search tells.
+    assert np.allclose(gap_seeds([_lm("T11", 0.0), _lm("L1", -30.0)]), [[0.0, 10.0, -15.0]])
+    assert gap_seeds([]).shape == (0, 3)
+
+
+def test_new_plans_fill_gaps_and_plans_written_before_do_not() -> None:
+    assert PLAN.fill_gaps
+    old = PLAN.to_json()
+    del old["fill_gaps"]
+    assert not Stage2Plan.from_json(old).fill_gaps
