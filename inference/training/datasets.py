@@ -230,7 +230,8 @@ def sacrum_top_point(subject: Subject, rng: np.random.Generator) -> npt.NDArray[
         return None
     pts = subject.volume.index_to_lps(idx[:, ::-1].astype(np.float64))
     top = pts[pts[:, 2] >= pts[:, 2].max() - SACRUM_TOP_MM]
-    top = top[np.abs(top[:, 0] - top[:, 0].mean()) <= SACRUM_HALF_WIDTH_MM]  # S1's body, not the alae' tips
+    mid = top[np.abs(top[:, 0] - top[:, 0].mean()) <= SACRUM_HALF_WIDTH_MM]  # S1's body, not the alae' tips
+    top = mid if len(mid) else top  # a top made of two alae only (a tilted or odd sacrum)
     return np.asarray(top[rng.integers(len(top))], dtype=np.float64)
 
 

@@ -42,6 +42,12 @@ def test_the_sacrum_top_point_lies_on_the_top_of_the_sacrum_near_its_midline() -
     assert np.abs(pts[:, 0]).max() <= SACRUM_HALF_WIDTH_MM + 1e-6
     assert pts[:, 0].min() < -SACRUM_HALF_WIDTH_MM / 2 and pts[:, 0].max() > SACRUM_HALF_WIDTH_MM / 2
     assert sacrum_top_point(_subject(with_sacrum=False), rng) is None
+    # A top made only of two alae far from the midline still gives a point (no empty draw).
+    alae = _subject(with_sacrum=False)
+    alae.labels[170:175, 20:40, :10] = SACRUM_LABEL
+    alae.labels[170:175, 20:40, -10:] = SACRUM_LABEL
+    p = sacrum_top_point(alae, rng)
+    assert p is not None and abs(p[0]) > 70
 
 
 def _crop_centres_z(subject: Subject, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
