@@ -360,12 +360,17 @@ class Engine:
         timings["stage2"] = time.perf_counter() - t1
         t2 = time.perf_counter()
         landmarks = self.name_chain(vertebrae)
-        # Look again where the named chain skips a level; name again if that finds a vertebra.
+        # Look again where the named chain skips a level; name again if that finds a vertebra. The crops
+        # of that search count as stage 2.
         gaps = gap_seeds(landmarks) if self.plan.stage2.fill_gaps else np.zeros((0, 3))
         if len(gaps):
+            t3 = time.perf_counter()
             found = [v for v in self.find_vertebrae(volume, gaps)
                      if all(np.linalg.norm(v.position_lps - w.position_lps) >= self.plan.stage2.merge_mm
                             for w in vertebrae)]
+            searched = time.perf_counter() - t3
+            timings["stage2"] += searched
+            t2 += searched
             if found:
                 landmarks = self.name_chain(vertebrae + found)
         timings["postprocess"] = time.perf_counter() - t2
